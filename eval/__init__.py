@@ -1,0 +1,1 @@
+"""Budgeted, rate-limited evaluation of the router, the LLM alone and each local model."""

@@ -1,0 +1,68 @@
+"""Metrics with honest error bars: accuracy with a Wilson interval, top-k, F1, latency."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound for small n, unlike p ± 2·se)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def f1_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """Per-class F1 over every class that occurs in the truth or the predictions."""
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for t, p in zip(y_true, y_pred, strict=True):
+        if t == p:
+            tp[t] += 1
+        else:
+            fp[p] += 1
+            fn[t] += 1
+    scores = {}
+    for label in set(y_true) | set(y_pred):
+        denom = 2 * tp[label] + fp[label] + fn[label]
+        scores[label] = 2 * tp[label] / denom if denom else 0.0
+    return scores
+
+
+def macro_weighted_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> tuple[float, float]:
+    """Macro-F1 over the true classes, and F1 weighted by class support."""
+    if not y_true:
+        return (0.0, 0.0)
+    per_class = f1_scores(y_true, y_pred)
+    support = Counter(y_true)
+    macro = float(np.mean([per_class[c] for c in support]))
+    weighted = sum(per_class[c] * n for c, n in support.items()) / len(y_true)
+    return macro, float(weighted)
+
+
+def top_k_accuracy(y_true: Sequence[str], candidates: Sequence[Sequence[str]], k: int = 5) -> float:
+    if not y_true:
+        return 0.0
+    hits = sum(t in list(c)[:k] for t, c in zip(y_true, candidates, strict=True))
+    return hits / len(y_true)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q)) if values else None
+
+
+def confused_pairs(
+    y_true: Sequence[str], y_pred: Sequence[str], top: int = 10
+) -> list[tuple[str, str, int]]:
+    """The most frequent (true, predicted) mistakes."""
+    pairs = Counter((t, p) for t, p in zip(y_true, y_pred, strict=True) if t != p)
+    return [(t, p, n) for (t, p), n in pairs.most_common(top)]

@@ -1,0 +1,117 @@
+"""``python -m fallback_models train {tfidf,bert} --data PATH|HF_ID [--out ROOT]`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fallback_models.data import HF_DATASET, DataError
+from llm_router.errors import RouterError
+from llm_router.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fallback_models", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a local model and print its test metrics")
+    train.add_argument("kind", choices=["tfidf", "bert"])
+    train.add_argument(
+        "--data", default=HF_DATASET, help=f"local .jsonl[.gz]/.parquet/.csv or a hub id (default {HF_DATASET})"
+    )
+    train.add_argument("--out", type=Path, help="model root (default: LLM_ROUTER_MODEL_DIR or ./models)")
+    train.add_argument("--seed", type=int, default=42, help="split and training seed")
+    train.add_argument("--test-fraction", type=float, default=0.1)
+    bert = train.add_argument_group("bert")
+    bert.add_argument("--base", help="base checkpoint: hub id or local directory")
+    bert.add_argument("--epochs", type=float, default=2.0)
+    bert.add_argument("--batch-size", type=int, default=32)
+    bert.add_argument("--lr", type=float, default=1e-4)
+    bert.add_argument("--max-length", type=int, default=256)
+    bert.add_argument("--device", help="torch device (default: cuda when available)")
+    bert.add_argument("--max-train-rows", type=int, help="train on a seeded subset (CPU)")
+    bert.add_argument("--max-test-rows", type=int, help="evaluate on a seeded subset (CPU)")
+    info = sub.add_parser("info", help="print a model directory's manifest")
+    info.add_argument("directory", type=Path)
+    return parser
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    m = manifest["metrics"]
+    lines = [
+        f"{manifest['kind']}: {len(manifest['label_set']['labels'])} labels, "
+        f"trained on {manifest['split']['train_rows']:,} rows in {m['train_seconds']} s",
+        f"test ({m['test_rows']:,} rows): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
+        f"macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}  "
+        f"{m['inference_ms_per_text']:.3f} ms/text",
+        "worst classes: "
+        + ", ".join(f"{w['label']} {w['f1']:.2f} (n={w['support']})" for w in m["worst_classes"]),
+        "most confused: "
+        + ", ".join(f"{c['true']}→{c['predicted']} ×{c['count']}" for c in m["confused_pairs"][:5]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "info":
+        path = args.directory / "manifest.json"
+        if not path.is_file():
+            print(f"error: no manifest.json in {args.directory}", file=sys.stderr)
+            return 2
+        manifest = json.loads(path.read_text())
+        manifest["split"]["test_ids"] = f"<{len(manifest['split']['test_ids'])} ids>"
+        manifest["files"] = {k: v[:12] + "…" for k, v in manifest["files"].items()}
+        print(json.dumps(manifest, indent=2))
+        return 0
+
+    from fallback_models.train import prepare_dataset, train_bert, train_tfidf
+
+    root = args.out or Settings().model_dir
+    out = root / args.kind
+    try:
+        print(f"loading {args.data} …", file=sys.stderr)
+        dataset = prepare_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction)
+        print(
+            f"{len(dataset.papers):,} rows, {len(dataset.labels)} labels; "
+            f"train {len(dataset.train_idx):,} / test {len(dataset.test_idx):,}",
+            file=sys.stderr,
+        )
+        if args.kind == "tfidf":
+            manifest = train_tfidf(dataset, out)
+        else:
+            from fallback_models.bert import BertConfig, default_base_model
+
+            config = BertConfig(
+                base_model=args.base or default_base_model(),
+                max_length=args.max_length,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                seed=args.seed,
+            )
+            manifest = train_bert(
+                dataset,
+                out,
+                config,
+                device=args.device,
+                max_train_rows=args.max_train_rows,
+                max_test_rows=args.max_test_rows,
+            )
+    except (DataError, RouterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was saved", file=sys.stderr)
+        return 130
+    print(_summary(manifest))
+    print(f"saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Model directories: a JSON manifest with sha256s, verified before anything is loaded.
+
+Layout: ``<LLM_ROUTER_MODEL_DIR>/<kind>/manifest.json`` plus the files it lists. Weights are
+``.npz``/JSON (TF-IDF) or safetensors (BERT); a directory holding any file the manifest does
+not list (a planted pickle, say), missing a listed file, or with a changed byte is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from llm_router.classifier import Classifier
+from llm_router.errors import ModelNotAvailable
+from llm_router.labels import LabelSet
+from llm_router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+KINDS = ("tfidf", "bert")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the given distributions, plus Python's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def write_manifest(directory: Path, kind: str, labels: LabelSet, **fields: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` listing the sha256 of every other file in ``directory``."""
+    files = {
+        str(path.relative_to(directory)): sha256_file(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "label_set": labels.to_dict(),
+        **fields,
+        "files": files,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def read_manifest(directory: Path, kind: str | None = None) -> dict[str, Any]:
+    """Parse a manifest without checking the files (cheap: for label sets and test ids).
+
+    Raises:
+        ModelNotAvailable: no manifest (reason ``missing_artifacts``) or an unreadable one.
+    """
+    name = kind or directory.name
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelNotAvailable(
+            f"no trained model at {directory} (run: python -m fallback_models train {name} "
+            "--data PATH)",
+            classifier=name,
+            reason="missing_artifacts",
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelNotAvailable(
+            f"unreadable manifest {path}: {exc}", classifier=name, reason="bad_artifacts"
+        ) from exc
+    if not isinstance(manifest, dict) or (kind is not None and manifest.get("kind") != kind):
+        raise ModelNotAvailable(
+            f"{path} is not a {name} manifest", classifier=name, reason="bad_artifacts"
+        )
+    return manifest
+
+
+def verify_artifacts(directory: Path, kind: str) -> dict[str, Any]:
+    """Read the manifest and check every file against it before anything is loaded.
+
+    Raises:
+        ModelNotAvailable: missing manifest, a listed file missing or changed, or a file the
+            manifest does not list (reason ``tampered_artifacts``).
+    """
+    manifest = read_manifest(directory, kind)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise ModelNotAvailable(
+            f"{directory / MANIFEST} lists no files", classifier=kind, reason="bad_artifacts"
+        )
+    present = {
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST
+    }
+    problems = [f"missing {name}" for name in sorted(set(listed) - present)]
+    problems += [f"unexpected file {name}" for name in sorted(present - set(listed))]
+    for name in sorted(set(listed) & present):
+        if sha256_file(directory / name) != listed[name]:
+            problems.append(f"{name} changed (sha256 mismatch)")
+    if problems:
+        raise ModelNotAvailable(
+            f"refusing {kind} model at {directory}: {'; '.join(problems)}",
+            classifier=kind,
+            reason="tampered_artifacts",
+        )
+    return manifest
+
+
+def deployed_label_set(model_dir: Path, kinds: Iterable[str] = KINDS) -> LabelSet:
+    """The label set of the first trained model found, else the full arXiv taxonomy."""
+    for kind in (*kinds, *KINDS):
+        try:
+            manifest = read_manifest(model_dir / kind, kind)
+            return LabelSet.from_dict(manifest["label_set"])
+        except ModelNotAvailable:
+            continue
+        except (KeyError, ValueError) as exc:
+            logger.warning("ignoring the label set of %s: %s", model_dir / kind, exc)
+    return LabelSet.full_taxonomy()
+
+
+def test_ids(model_dir: Path, kinds: Iterable[str] = KINDS) -> dict[str, set[str]]:
+    """Held-out ids per trained model kind (rows that model was not trained on)."""
+    found: dict[str, set[str]] = {}
+    for kind in kinds:
+        try:
+            manifest = read_manifest(model_dir / kind, kind)
+        except ModelNotAvailable:
+            continue
+        found[kind] = set(manifest.get("split", {}).get("test_ids", []))
+    return found
+
+
+def load_local_classifier(kind: str, settings: Settings, labels: LabelSet) -> Classifier:
+    """Load and verify one local model; it must answer in the deployed label set.
+
+    Raises:
+        ModelNotAvailable: artifacts missing or refused, a dependency missing, or a model
+            trained on another label set.
+    """
+    directory = settings.model_dir / kind
+    model: Classifier
+    if kind == "tfidf":
+        from fallback_models.tfidf import TfidfClassifier
+
+        model = TfidfClassifier.load(directory)
+    elif kind == "bert":
+        from fallback_models.bert import BertClassifier
+
+        model = BertClassifier.load(directory, device=settings.device)
+    else:
+        raise ModelNotAvailable(f"unknown fallback {kind!r}", classifier=kind, reason="unknown")
+    own = getattr(model, "labels", None)
+    if isinstance(own, LabelSet) and own.labels != labels.labels:
+        raise ModelNotAvailable(
+            f"{kind} model at {directory} was trained on a different label set; retrain it",
+            classifier=kind,
+            reason="label_mismatch",
+        )
+    return model

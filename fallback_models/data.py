@@ -1,0 +1,181 @@
+"""Data loading and the deterministic train/test split the fallback models are trained on."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import logging
+import socket
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HF_DATASET = "real-jiakai/arxiver-with-category"
+_LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".csv")
+
+
+class DataError(ValueError):
+    """The data source is missing, unreadable, unreachable or lacks required columns."""
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One labelled abstract. ``primary_category`` is the raw arXiv code."""
+
+    id: str
+    abstract: str
+    primary_category: str
+    title: str = ""
+
+    @property
+    def text(self) -> str:
+        """What the models see: title and abstract."""
+        return f"{self.title}. {self.abstract}" if self.title else self.abstract
+
+
+def is_local(source: str) -> bool:
+    """A path to a local file (by suffix or existence), as opposed to a hub id."""
+    return source.endswith(_LOCAL_SUFFIXES) or Path(source).exists()
+
+
+def load_papers(source: str) -> list[Paper]:
+    """Read papers from a local ``.jsonl``/``.jsonl.gz``/``.parquet``/``.csv`` or a hub id.
+
+    Rows need ``abstract`` and ``primary_category``; ``id`` and ``title`` are optional (a
+    missing id is derived from the abstract's hash, so splits stay stable).
+
+    Raises:
+        DataError: the file is missing or unreadable, a column is missing, or the hub is
+            unreachable.
+    """
+    records = _read_local(Path(source)) if is_local(source) else _read_hub(source)
+    papers: list[Paper] = []
+    for n, row in enumerate(records, start=1):
+        abstract = row.get("abstract")
+        label = row.get("primary_category")
+        if not isinstance(abstract, str) or not isinstance(label, str):
+            missing = [k for k in ("abstract", "primary_category") if not isinstance(row.get(k), str)]
+            raise DataError(f"{source}: row {n} lacks text column(s) {', '.join(missing)}")
+        if not abstract.strip() or not label.strip():
+            continue
+        row_id = row.get("id")
+        paper_id = str(row_id) if row_id not in (None, "") else _derived_id(abstract)
+        title = row.get("title")
+        papers.append(
+            Paper(paper_id, abstract.strip(), label.strip(), title.strip() if isinstance(title, str) else "")
+        )
+    if not papers:
+        raise DataError(f"{source}: no rows with an abstract and a primary_category")
+    return papers
+
+
+def _derived_id(abstract: str) -> str:
+    return "sha1:" + hashlib.sha1(abstract.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _read_local(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            yield from _read_parquet(path)
+        elif name.endswith(".csv"):
+            with path.open(newline="", encoding="utf-8") as handle:
+                yield from csv.DictReader(handle)
+        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+                for n, line in enumerate(handle, start=1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path}: line {n} is not a JSON object")
+                        yield row
+        else:
+            raise DataError(f"{path}: unsupported format (use {', '.join(_LOCAL_SUFFIXES)})")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError("reading .parquet needs pyarrow: pip install pyarrow") from exc
+    table = pq.read_table(path)
+    yield from table.to_pylist()
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _read_hub(dataset_id: str) -> Iterator[dict[str, Any]]:
+    if not _hub_reachable():
+        raise DataError(
+            f"cannot reach the Hugging Face hub to download {dataset_id!r}; pass a local "
+            "file instead, e.g. --data ../shared/data/arxiv/arxiv_abstracts.jsonl.gz"
+        )
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(f"loading {dataset_id!r} needs 'datasets': pip install datasets") from exc
+    try:
+        table = datasets.load_dataset(dataset_id, split="train")
+    except (OSError, ValueError, ConnectionError) as exc:
+        raise DataError(f"cannot load {dataset_id!r} from the hub: {exc}") from exc
+    yield from table
+
+
+def data_fingerprint(source: str) -> str:
+    """sha256 of a local file's bytes, or ``hf:<id>`` for a hub data set."""
+    if not is_local(source):
+        return f"hf:{source}"
+    digest = hashlib.sha256()
+    with Path(source).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_ids(
+    ids: Sequence[str], labels: Sequence[str], *, test_fraction: float = 0.1, seed: int = 42
+) -> tuple[list[str], list[str]]:
+    """Deterministic stratified split: (train ids, test ids), the same for the same input.
+
+    Within each label, ids are sorted, shuffled with ``seed`` and the first
+    ``round(test_fraction * n)`` go to test (at least one when a label has two or more rows).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for paper_id, label in zip(ids, labels, strict=True):
+        by_label[label].append(paper_id)
+    rng = np.random.default_rng(seed)
+    train: list[str] = []
+    test: list[str] = []
+    for label in sorted(by_label):
+        members = sorted(by_label[label])
+        order = rng.permutation(len(members))
+        n_test = round(test_fraction * len(members))
+        if n_test == 0 and len(members) >= 2:
+            n_test = 1
+        picked = [members[i] for i in order]
+        test.extend(picked[:n_test])
+        train.extend(picked[n_test:])
+    return sorted(train), sorted(test)
+
+

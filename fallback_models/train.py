@@ -1,0 +1,196 @@
+"""Training: load data, balance labels, split deterministically, fit, evaluate, save."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eval.metrics import confused_pairs, f1_scores, macro_weighted_f1, top_k_accuracy
+from fallback_models.artifacts import library_versions
+from fallback_models.data import Paper, data_fingerprint, load_papers, split_ids
+from llm_router.labels import MIN_ROWS, LabelSet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    """Papers with deployed labels and the deterministic split, ready for training."""
+
+    source: str
+    fingerprint: str
+    papers: list[Paper]
+    labels: LabelSet
+    targets: list[str]
+    train_idx: list[int]
+    test_idx: list[int]
+    seed: int
+    test_fraction: float
+
+    def texts(self, idx: Sequence[int]) -> list[str]:
+        return [self.papers[i].text for i in idx]
+
+    def y(self, idx: Sequence[int]) -> list[str]:
+        return [self.targets[i] for i in idx]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {
+            "data": {"source": self.source, "sha256": self.fingerprint, "rows": len(self.papers)},
+            "split": {
+                "seed": self.seed,
+                "test_fraction": self.test_fraction,
+                "train_rows": len(self.train_idx),
+                "test_ids": sorted(self.papers[i].id for i in self.test_idx),
+            },
+        }
+
+
+def prepare_dataset(
+    source: str, *, seed: int = 42, test_fraction: float = 0.1, min_rows: int = MIN_ROWS
+) -> Dataset:
+    """Load ``source``, balance labels over all rows, then split 90/10 by label, seeded."""
+    papers = load_papers(source)
+    labels = LabelSet.from_raw_labels((p.primary_category for p in papers), min_rows)
+    targets = [labels.to_deployed(p.primary_category) or "other" for p in papers]
+    duplicates = len(papers) - len({p.id for p in papers})
+    if duplicates:
+        logger.warning("%d duplicate ids in %s; the split treats them as one paper", duplicates, source)
+    train_ids, test_ids = split_ids(
+        [p.id for p in papers], targets, test_fraction=test_fraction, seed=seed
+    )
+    test_set = set(test_ids)
+    test_idx = [i for i, p in enumerate(papers) if p.id in test_set]
+    train_idx = [i for i, p in enumerate(papers) if p.id not in test_set]
+    return Dataset(
+        source, data_fingerprint(source), papers, labels, targets, train_idx, test_idx, seed, test_fraction
+    )
+
+
+class ProbabilisticModel(Protocol):
+    labels: LabelSet
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def evaluate(
+    model: ProbabilisticModel, texts: Sequence[str], truth: Sequence[str], batch: int = 512
+) -> dict[str, Any]:
+    """Top-1, top-5, macro/weighted F1, the worst classes and the most confused pairs."""
+    started = time.perf_counter()
+    proba = np.vstack(
+        [model.predict_proba(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    )
+    seconds = time.perf_counter() - started
+    top = np.argsort(-proba, axis=1)[:, :5]
+    names = model.labels.labels
+    predicted = [names[row[0]] for row in top]
+    candidates = [[names[i] for i in row] for row in top]
+    macro, weighted = macro_weighted_f1(truth, predicted)
+    per_class = f1_scores(truth, predicted)
+    support = {label: truth.count(label) for label in set(truth)}
+    worst = sorted(support, key=lambda c: (per_class[c], c))[:10]
+    return {
+        "test_rows": len(truth),
+        "top1": float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)])),
+        "top5": top_k_accuracy(truth, candidates, 5),
+        "macro_f1": macro,
+        "weighted_f1": weighted,
+        "inference_ms_per_text": seconds * 1000 / max(1, len(texts)),
+        "worst_classes": [
+            {"label": c, "f1": round(per_class[c], 4), "support": support[c]} for c in worst
+        ],
+        "confused_pairs": [
+            {"true": t, "predicted": p, "count": n} for t, p, n in confused_pairs(truth, predicted)
+        ],
+    }
+
+
+def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, Any]:
+    """Train, evaluate and save the TF-IDF model; returns its manifest."""
+    from fallback_models.tfidf import TfidfClassifier, TfidfConfig
+
+    config = config or TfidfConfig()
+    stages = tqdm(total=4, desc="tfidf", unit="stage")
+
+    def progress(message: str) -> None:
+        stages.set_postfix_str(message)
+        stages.update(1)
+
+    started = time.perf_counter()
+    model = TfidfClassifier.train(
+        dataset.texts(dataset.train_idx), dataset.y(dataset.train_idx), dataset.labels, config, progress
+    )
+    train_s = time.perf_counter() - started
+    stages.set_postfix_str("evaluating on the test split")
+    metrics = evaluate(model, dataset.texts(dataset.test_idx), dataset.y(dataset.test_idx))
+    stages.update(stages.total - stages.n)
+    stages.close()
+    metrics["train_seconds"] = round(train_s, 1)
+    return model.save(
+        out,
+        **dataset.manifest_fields(),
+        config=_asdict(config),
+        metrics=metrics,
+        library_versions=library_versions("scikit-learn", "numpy", "scipy"),
+    )
+
+
+def train_bert(
+    dataset: Dataset,
+    out: Path,
+    config: Any,
+    *,
+    device: str | None = None,
+    max_train_rows: int | None = None,
+    max_test_rows: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate and save the BERT model; returns its manifest.
+
+    ``max_train_rows``/``max_test_rows`` take seeded subsets (for CPU-only machines); the
+    manifest records them, and the test ids stay the full held-out split.
+    """
+    from fallback_models.bert import BertClassifier, pick_device
+
+    device = pick_device(device)
+    rng = np.random.default_rng(dataset.seed)
+    train_idx = list(dataset.train_idx)
+    if max_train_rows and max_train_rows < len(train_idx):
+        train_idx = sorted(rng.choice(train_idx, size=max_train_rows, replace=False).tolist())
+    test_idx = list(dataset.test_idx)
+    if max_test_rows and max_test_rows < len(test_idx):
+        test_idx = sorted(rng.choice(test_idx, size=max_test_rows, replace=False).tolist())
+    bar = tqdm(desc=f"bert ({device})", unit="step")
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(step - bar.n)
+
+    started = time.perf_counter()
+    model = BertClassifier.train(
+        dataset.texts(train_idx), dataset.y(train_idx), dataset.labels, config, device, progress
+    )
+    train_s = time.perf_counter() - started
+    bar.close()
+    metrics = evaluate(model, dataset.texts(test_idx), dataset.y(test_idx), batch=256)
+    metrics.update(train_seconds=round(train_s, 1), train_rows=len(train_idx), device=device)
+    return model.save(
+        out,
+        **dataset.manifest_fields(),
+        config=_asdict(config),
+        metrics=metrics,
+        library_versions=library_versions("torch", "transformers", "tokenizers", "safetensors"),
+    )
+
+
+def _asdict(config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(config)

@@ -1,0 +1,80 @@
+"""The exception hierarchy; callers catch :class:`RouterError`.
+
+::
+
+    RouterError                  callers catch this one
+    ├── ConfigError              invalid settings, unknown prompt version
+    ├── ClassifierError          one classifier failed; has .classifier and .reason
+    │   ├── LLMUnavailable       no key, timeout, connection error, 429/5xx after retries, 4xx
+    │   ├── LLMResponseInvalid   output failed validation or the label is not allowed
+    │   └── ModelNotAvailable    fallback artifact or optional dependency missing or refused
+    ├── AllClassifiersFailed     has .errors: list[ClassifierError], one per classifier
+    └── BudgetExceeded           a request would exceed the call, token or USD budget
+
+``reason`` is a short machine-readable word (``no_api_key``, ``timeout``, ``http_502``,
+``rate_limited``, ``invalid_label``, ``budget``, ``missing_artifacts``, ...) that ends up in
+``Classification.fallback_reason`` and in evaluation reports.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(RouterError):
+    """Invalid settings or an unknown prompt version."""
+
+
+class ClassifierError(RouterError):
+    """One classifier could not answer; the router moves on to the next one."""
+
+    def __init__(self, message: str, *, classifier: str, reason: str) -> None:
+        super().__init__(message)
+        self.classifier = classifier
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"[{self.classifier}: {self.reason}] {self.args[0]}"
+
+
+class LLMUnavailable(ClassifierError):
+    """The endpoint could not be used: no key, timeout, connection error, HTTP error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        classifier: str = "llm",
+        retry_after_s: float | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message, classifier=classifier, reason=reason)
+        self.retry_after_s = retry_after_s
+        self.transient = transient
+
+
+class LLMResponseInvalid(ClassifierError):
+    """The endpoint answered, but not with an allowed label."""
+
+    def __init__(self, message: str, *, reason: str = "invalid_label", classifier: str = "llm"):
+        super().__init__(message, classifier=classifier, reason=reason)
+
+
+class ModelNotAvailable(ClassifierError):
+    """A local model's artifacts or optional dependencies are missing, or were refused."""
+
+
+class AllClassifiersFailed(RouterError):
+    """Every classifier in the chain failed; ``errors`` says why, one per classifier."""
+
+    def __init__(self, errors: list[ClassifierError]) -> None:
+        self.errors = errors
+        detail = "; ".join(str(e) for e in errors) or "the chain is empty"
+        super().__init__(f"no classifier could answer: {detail}")
+
+
+class BudgetExceeded(RouterError):
+    """Sending one more request would exceed the request, token or USD budget."""

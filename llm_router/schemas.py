@@ -1,0 +1,52 @@
+"""The one return type, :class:`Classification`, and its parts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Candidate(BaseModel):
+    """One label with the classifier's score for it (a probability for local models)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    score: float
+
+
+class Usage(BaseModel):
+    """What one classification cost at the endpoint (all attempts together)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None
+        if self.cost_usd is not None or other.cost_usd is not None:
+            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=cost,
+            requests=self.requests + other.requests,
+        )
+
+
+class Classification(BaseModel):
+    """The answer for one text: the label and how it was obtained."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    source: str = Field(description='"llm", "bert" or "tfidf": the classifier that answered')
+    cached: bool = False
+    candidates: list[Candidate] = Field(default_factory=list)
+    fallback_reason: str | None = None
+    latency_ms: float = 0.0
+    model: str | None = None
+    prompt_version: str | None = None
+    usage: Usage | None = None

@@ -1,0 +1,201 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benches.
+
+It is a real HTTP server (threaded, keep-alive), so the router's client, retries, timeouts and
+rate limits are exercised on the wire::
+
+    with ChatServer(default=fixed_label("cs.CV")) as server:
+        server.script(Reply(status=503), Reply.answer("hep-th"))
+        settings = Settings(api_key="test", base_url=server.url, retry_max_wait_s=0)
+
+Replies queued with :meth:`ChatServer.script` are used first, in order; then ``default``
+answers every request. ``server.requests`` records each request's JSON body and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """One scripted response: status, JSON (or raw bytes) body, headers, delay before it."""
+
+    status: int = 200
+    body: dict[str, Any] | bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+    @classmethod
+    def answer(
+        cls,
+        content: str,
+        *,
+        raw: bool = False,
+        prompt_tokens: int = 100,
+        completion_tokens: int = 5,
+        cost: float | None = None,
+        model: str = "scripted-model",
+        delay_s: float = 0.0,
+    ) -> Reply:
+        """A successful completion whose message is ``{"label": content}`` (or ``content``
+        itself with ``raw=True``)."""
+        message = content if raw else json.dumps({"label": content})
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cost is not None:
+            usage["cost"] = cost
+        body = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": message},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+        return cls(body=body, delay_s=delay_s)
+
+    @classmethod
+    def error(cls, status: int, message: str = "scripted error", **headers: str) -> Reply:
+        """An HTTP error with an OpenAI-style error body."""
+        body = {"error": {"message": message, "type": "scripted", "code": status}}
+        return cls(status=status, body=body, headers=dict(headers))
+
+
+def fixed_label(label: str, delay_s: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
+    """A default responder that always answers ``label``."""
+    return lambda _request: Reply.answer(label, delay_s=delay_s)
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+class ChatServer:
+    """A threaded chat-completions server on 127.0.0.1 with scripted replies."""
+
+    def __init__(
+        self,
+        default: Callable[[dict[str, Any]], Reply] | None = None,
+        *,
+        port: int = 0,
+    ) -> None:
+        self.default = default or fixed_label("cs.LG")
+        self.requests: list[Recorded] = []
+        self._queue: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL for the OpenAI client (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            return self._port
+        return int(self._httpd.server_address[1])
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next requests, in order."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def _next_reply(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        with self._lock:
+            self.requests.append(Recorded(body, headers, time.monotonic()))
+            if self._queue:
+                return self._queue.popleft()
+        return self.default(body)
+
+    def start(self) -> ChatServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real endpoint
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                if server._httpd is None:  # stopped: drop kept-alive connections too
+                    self.close_connection = True
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {"_unparsed": raw.decode("utf-8", "replace")}
+                reply = server._next_reply(body, {k.lower(): v for k, v in self.headers.items()})
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if isinstance(reply.body, bytes):
+                    payload = reply.body
+                else:
+                    payload = json.dumps(reply.body if reply.body is not None else {}).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): nothing to answer
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 128
+
+        self._httpd = Server(("127.0.0.1", self._port), Handler)
+        self._port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; later requests get 'connection refused'."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ChatServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
