@@ -185,7 +185,7 @@ def llm_classifier(
             LLMUnavailable("no API key set (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY)", reason="no_api_key")
         )
     llm = LLMClassifier(
-        settings, labels, load_prompt(settings.prompt), limiter=limiter, budget=budget
+        settings, labels, load_prompt(settings.prompt, settings.prompts_dir), limiter=limiter, budget=budget
     )
     if not settings.cache:
         return llm

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     base_url: HttpUrl = HttpUrl("https://openrouter.ai/api/v1")
     model: str = "mistralai/mistral-7b-instruct"
     prompt: str = "classify/v1"
+    prompts_dir: Path | None = None  # None: the prompts/ folder shipped with the package
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_completion_tokens: int = Field(64, ge=1)
