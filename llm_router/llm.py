@@ -268,6 +268,8 @@ class LLMClassifier:
         }
         if self._response_format is not None:
             kwargs["response_format"] = self._response_format
+        if "openrouter.ai" in self.settings.endpoint:
+            kwargs["extra_body"] = {"usage": {"include": True}}  # ask OpenRouter for usage.cost
         try:
             raw = self._client.chat.completions.with_raw_response.create(**kwargs)
             return raw.http_response.json()

@@ -82,3 +82,11 @@ def sample_file(tmp_path_factory: pytest.TempPathFactory, sample_rows: list[dict
         for row in sample_rows:
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory, sample_file: Path) -> Path:
+    """A model root holding a real TF-IDF model trained on ``sample_file`` (session-wide)."""
+    from tests.models_fixture import train_small_tfidf
+
+    return train_small_tfidf(sample_file, tmp_path_factory.mktemp("models"))

@@ -1,0 +1,256 @@
+"""``python -m eval``: a budgeted, rate-limited, side-by-side evaluation on held-out rows.
+
+Exit codes: 0 for a completed run (failed requests are findings, not errors), 2 for bad
+arguments or unusable data/models (one line on stderr), 130 when interrupted (the partial
+report is written first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tqdm.auto import tqdm
+
+from eval.pricing import estimate, fetch_price_per_mtok
+from eval.report import system_figures, table, write_report
+from eval.sampling import stratified_sample
+from eval.systems import ALL_SYSTEMS, Outcome, System, build_systems, run_concurrent, run_local
+from fallback_models.artifacts import deployed_label_set, read_manifest, test_ids
+from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
+from llm_router.budget import Budget
+from llm_router.errors import RouterError
+from llm_router.ratelimit import RateLimiter
+from llm_router.settings import Settings
+
+logger = logging.getLogger("eval")
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see python -m eval --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="python -m eval", description="Compare the router, the LLM alone and each "
+                "local model on held-out arXiv abstracts, within a budget.")
+    p.add_argument("--n", type=int, default=10, help="rows to evaluate (default 10)")
+    p.add_argument("--data", help="local .jsonl[.gz]/.parquet/.csv or hub id (default: the data "
+                   f"the models were trained on, else {HF_DATASET})")
+    p.add_argument("--systems", default=",".join(ALL_SYSTEMS),
+                   help="comma-separated subset of router,llm,bert,tfidf (default: all)")
+    p.add_argument("--max-requests", type=int, help="HTTP attempts allowed in all (default 3×n)")
+    p.add_argument("--max-tokens", type=int, help="prompt+completion tokens allowed in all")
+    p.add_argument("--max-cost-usd", type=float, default=1.0, help="USD allowed in all (default 1)")
+    p.add_argument("--price-per-mtok", type=float,
+                   help="USD per million tokens, for --estimate and the cost budget "
+                   "(default: the endpoint's model list when reachable)")
+    p.add_argument("--rpm", type=float, default=20.0,
+                   help="requests per minute, evenly spaced (default 20: OpenRouter's free tier)")
+    p.add_argument("--concurrency", type=int, default=4, help="rows in flight (default 4)")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
+    p.add_argument("--out", type=Path, help="report folder (default runs/<timestamp>)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print projected requests, tokens and cost, then exit; sends nothing")
+    p.add_argument("--train-missing", action="store_true",
+                   help="train the TF-IDF model first when no model is trained yet")
+    p.add_argument("-v", "--verbose", action="store_true", help="log retries and fallbacks")
+    return p
+
+
+def _check(args: argparse.Namespace) -> list[str]:
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(ALL_SYSTEMS))
+    if unknown or not systems:
+        raise UsageError(f"unknown system(s) {', '.join(unknown) or '(none)'}; choose from "
+                         f"{','.join(ALL_SYSTEMS)}")
+    for name in ("max_requests", "max_tokens", "concurrency"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name != "concurrency" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must not be {'below 1' if name == 'concurrency' else 'negative'}")
+    if args.rpm <= 0:
+        raise UsageError("--rpm must be positive")
+    if args.max_cost_usd is not None and args.max_cost_usd < 0:
+        raise UsageError("--max-cost-usd must not be negative")
+    return list(dict.fromkeys(systems))
+
+
+def _data_source(args: argparse.Namespace, settings: Settings) -> str:
+    if args.data:
+        return str(args.data)
+    for kind in ("tfidf", "bert"):
+        try:
+            source = read_manifest(settings.model_dir / kind, kind)["data"]["source"]
+        except (RouterError, KeyError, TypeError):
+            continue
+        if not is_local(source) or Path(source).is_file():
+            return str(source)
+    return HF_DATASET
+
+
+def _held_out_ids(args: argparse.Namespace, settings: Settings) -> set[str]:
+    found = test_ids(settings.model_dir)
+    if not found and args.train_missing:
+        from fallback_models.train import prepare_dataset, train_tfidf
+
+        source = args.data or HF_DATASET
+        print(f"no trained model under {settings.model_dir}: training tfidf on {source}", file=sys.stderr)
+        train_tfidf(prepare_dataset(source), settings.model_dir / "tfidf")
+        found = test_ids(settings.model_dir)
+    if not found:
+        raise UsageError(
+            f"no trained model under {settings.model_dir}: train one first with "
+            "'python -m fallback_models train tfidf --data PATH', or pass --train-missing"
+        )
+    # Rows that no local model was trained on.
+    return set.intersection(*found.values())
+
+
+def _settings_summary(settings: Settings) -> dict[str, Any]:
+    return {
+        "base_url": settings.endpoint,
+        "model": settings.model,
+        "prompt": settings.prompt,
+        "structured_output": settings.structured_output,
+        "api_key": "set" if settings.api_key is not None else "unset",
+        "cache": settings.cache,
+        "model_dir": str(settings.model_dir),
+        "fallbacks": list(settings.fallbacks),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    systems_wanted = _check(args)
+    settings = Settings()
+    held_out = _held_out_ids(args, settings)
+    source = _data_source(args, settings)
+    labels = deployed_label_set(settings.model_dir)
+    papers = load_papers(source)
+    rows = stratified_sample(papers, held_out, labels, args.n, args.seed)
+    if not rows:
+        raise UsageError(f"none of the models' held-out rows are in {source}: pass the data "
+                         "they were trained on with --data")
+    if len(rows) < args.n:
+        print(f"note: only {len(rows)} held-out rows available", file=sys.stderr)
+
+    price = args.price_per_mtok
+    if price is None and settings.api_key is not None and (args.estimate or args.max_cost_usd is not None):
+        price = fetch_price_per_mtok(settings)
+    llm_systems = sum(s in ("router", "llm") for s in systems_wanted) if settings.api_key else 0
+    if args.estimate:
+        projected = estimate([r.paper.text for r in rows], settings, labels, llm_systems, price)
+        print(f"estimate for {projected['rows']} rows (nothing sent):")
+        for key, value in projected.items():
+            print(f"  {key}: {value}")
+        return 0
+
+    budget = Budget(
+        max_requests=args.max_requests if args.max_requests is not None else 3 * len(rows),
+        max_tokens=args.max_tokens,
+        max_cost_usd=args.max_cost_usd,
+        price_per_mtok=price or 0.0,
+    )
+    limiter = RateLimiter(args.rpm)
+    systems = build_systems(systems_wanted, settings, labels, budget, limiter)
+    # The LLM alone first: the router then finds its answers in the cache, paying once.
+    order = sorted(systems, key=lambda s: ("llm", "router", "bert", "tfidf").index(s.name))
+    outcomes: dict[str, list[Outcome]] = {}
+    spent: dict[str, dict[str, Any]] = {}
+    status = "completed"
+    stop = threading.Event()
+    started = time.perf_counter()
+    try:
+        for system in order:
+            if system.unavailable:
+                print(f"{system.name}: unavailable ({system.unavailable})", file=sys.stderr)
+                continue
+            before = budget.snapshot()
+            outcomes[system.name] = _run_one(system, rows, args.concurrency, stop, budget)
+            spent[system.name] = _spent(before, budget.snapshot())
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("\ninterrupted: writing the partial report (a re-run resumes from the cache)",
+              file=sys.stderr)
+    report = {
+        "status": status,
+        "data": source,
+        "rows": len(rows),
+        "seed": args.seed,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "settings": _settings_summary(settings),
+        "budget": budget.snapshot(),
+        "rpm": args.rpm,
+        "concurrency": args.concurrency,
+        "systems": {},
+    }
+    for system in systems:
+        if system.unavailable:
+            report["systems"][system.name] = {"unavailable": system.unavailable}
+        elif system.name in outcomes:
+            report["systems"][system.name] = system_figures(
+                outcomes[system.name], spent.get(system.name, _spent(budget.snapshot(), budget.snapshot()))
+            )
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    written = write_report(out, report, outcomes)
+    print(table(report))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0 if status == "completed" else 130
+
+
+def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requests": int(after["requests"]) - int(before["requests"]),
+        "tokens": int(after["tokens"]) - int(before["tokens"]),
+        "cost_usd": round(float(after["cost_usd"]) - float(before["cost_usd"]), 6),
+    }
+
+
+def _run_one(system: System, rows: list[Any], concurrency: int, stop: threading.Event,
+             budget: Budget) -> list[Outcome]:
+    if not system.uses_llm:
+        with tqdm(total=len(rows), desc=system.name, unit="row", leave=False) as bar:
+            result = run_local(system, rows)
+            bar.update(len(rows))
+        return result
+    correct = 0
+    with tqdm(total=len(rows), desc=system.name, unit="row") as bar:
+        def done(outcome: Outcome) -> None:
+            nonlocal correct
+            correct += outcome.label == outcome.truth
+            snap = budget.snapshot()
+            bar.update(1)
+            bar.set_postfix(acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['cost_usd']:.4f}")
+
+        return run_concurrent(system, rows, concurrency, done, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return run(args)
+    except (UsageError, DataError, RouterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""python -m eval end to end: budget, rate limit, cache, estimate, report, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.__main__ import main
+from llm_router.testing import Reply
+from tests.conftest import TEST_KEY
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, trained_models, server):
+    """Environment for a run against the scripted server with the session's TF-IDF model."""
+    monkeypatch.setenv("LLM_ROUTER_MODEL_DIR", str(trained_models))
+    monkeypatch.setenv("LLM_ROUTER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLM_ROUTER_BASE_URL", server.url)
+    monkeypatch.setenv("LLM_ROUTER_RETRY_MAX_WAIT_S", "0")
+    monkeypatch.setenv("LLM_ROUTER_FALLBACKS", "bert,tfidf")
+    return monkeypatch
+
+
+def read_report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_offline_without_a_key_runs_from_the_local_models(env, server, tmp_path, sample_file):
+    out = tmp_path / "run"
+    assert main(["--n", "10", "--data", str(sample_file), "--out", str(out)]) == 0
+    report = read_report(out)
+    assert report["systems"]["llm"]["unavailable"].startswith("no_api_key")
+    assert report["systems"]["bert"]["unavailable"].startswith("missing_artifacts")
+    router = report["systems"]["router"]
+    assert router["rows"] == 10 and router["sources"] == {"tfidf": 10}
+    assert router["reasons"] == {"no_api_key": 10}
+    assert report["systems"]["tfidf"]["top5"] is not None
+    assert server.count == 0
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "predictions.csv", "confusion.png"}
+
+
+def test_data_defaults_to_what_the_models_were_trained_on(env, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--n", "3", "--systems", "tfidf", "--out", str(out)]) == 0
+    assert read_report(out)["rows"] == 3
+
+
+def test_samples_only_held_out_rows(env, tmp_path, sample_file, trained_models):
+    out = tmp_path / "run"
+    main(["--n", "40", "--systems", "tfidf", "--data", str(sample_file), "--out", str(out)])
+    manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
+    held_out = set(manifest["split"]["test_ids"])
+    ids = {p["row_id"] for p in read_report(out)["predictions"]}
+    assert len(ids) == 40 and ids <= held_out
+
+
+def test_accuracy_equals_what_the_predictions_say(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    server.default = lambda body: Reply.answer("cs.LG" if len(body["messages"][1]["content"]) % 2 else "math.CO")
+    out = tmp_path / "run"
+    main(["--n", "12", "--data", str(sample_file), "--rpm", "6000", "--out", str(out)])
+    report = read_report(out)
+    with (out / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for name, figures in report["systems"].items():
+        if "unavailable" in figures:
+            continue
+        mine = [r for r in rows if r["system"] == name]
+        assert len(mine) == figures["rows"] == 12
+        assert figures["accuracy"] == pytest.approx(sum(r["label"] == r["truth"] for r in mine) / 12)
+
+
+@pytest.mark.parametrize("concurrency", ["1", "8"])
+def test_requests_never_exceed_max_requests(env, server, tmp_path, sample_file, concurrency):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    server.default = lambda _body: Reply.answer("cs.LG", delay_s=0.05)
+    out = tmp_path / "run"
+    code = main(["--n", "20", "--data", str(sample_file), "--systems", "router,llm", "--rpm", "60000",
+                 "--max-requests", "5", "--concurrency", concurrency, "--out", str(out)])
+    assert code == 0
+    assert server.count == 5
+    report = read_report(out)
+    assert report["budget"]["requests"] == 5
+    router = report["systems"]["router"]
+    assert router["reasons"].get("budget", 0) == 15  # 5 answered by the cache, 15 fell back
+    assert router["sources"] == {"llm": 5, "tfidf": 15}
+
+
+def test_rpm_spaces_requests(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    out = tmp_path / "run"
+    main(["--n", "5", "--data", str(sample_file), "--systems", "llm", "--rpm", "300",
+          "--concurrency", "5", "--out", str(out)])
+    times = sorted(r.at for r in server.requests)
+    assert len(times) == 5
+    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.18  # 60/300 = 0.2 s
+
+
+def test_a_rerun_with_the_same_cache_sends_nothing(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    args = ["--n", "6", "--data", str(sample_file), "--systems", "router,llm", "--rpm", "6000"]
+    main([*args, "--out", str(tmp_path / "one")])
+    sent = server.count
+    main([*args, "--out", str(tmp_path / "two")])
+    assert sent == 6 and server.count == sent
+    again = read_report(tmp_path / "two")["systems"]["llm"]
+    assert again["cache_hits"] == 6 and again["requests"] == 0 and again["cost_usd"] == 0
+
+
+def test_estimate_sends_nothing(env, server, tmp_path, sample_file, capsys):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    code = main(["--n", "10", "--data", str(sample_file), "--estimate", "--price-per-mtok", "0.2"])
+    assert code == 0 and server.count == 0
+    printed = capsys.readouterr().out
+    assert "requests: 10" in printed and "cost_usd:" in printed
+
+
+def test_a_429_slows_the_run_down_rather_than_failing_it(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    server.script(Reply.error(429, **{"Retry-After": "1"}))
+    out = tmp_path / "run"
+    assert main(["--n", "3", "--data", str(sample_file), "--systems", "llm", "--rpm", "6000",
+                 "--concurrency", "1", "--out", str(out)]) == 0
+    assert read_report(out)["systems"]["llm"]["answered"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--n", "0"], "--n must be at least 1"),
+        (["--systems", "router,gpt5"], "unknown system"),
+        (["--data", "/nonexistent/file.csv"], "not found"),
+        (["--n", "ten"], "invalid int"),
+        (["--rpm", "0"], "--rpm"),
+    ],
+)
+def test_bad_arguments_exit_2_without_a_traceback(env, args, words):
+    result = subprocess.run([sys.executable, "-m", "eval", *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_trained_model_says_how_to_train_one(env, tmp_path, capsys):
+    env.setenv("LLM_ROUTER_MODEL_DIR", str(tmp_path / "empty"))
+    assert main(["--n", "5"]) == 2
+    assert "python -m fallback_models train tfidf" in capsys.readouterr().err
+
+
+def test_the_key_appears_in_no_report_file(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    out = tmp_path / "run"
+    main(["--n", "4", "--data", str(sample_file), "--rpm", "6000", "--out", str(out)])
+    for path in out.iterdir():
+        assert TEST_KEY.encode() not in path.read_bytes()
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert TEST_KEY.encode() not in path.read_bytes()
