@@ -1,0 +1,111 @@
+"""The TF-IDF model: accuracy sanity, calibrated top-k, safe round trip, tamper refusal."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from fallback_models.tfidf import TfidfClassifier
+from llm_router import ModelNotAvailable, Router, Settings
+
+
+@pytest.fixture(scope="module")
+def model(trained_models):
+    return TfidfClassifier.load(trained_models / "tfidf")
+
+
+def test_manifest_records_what_a_user_needs(trained_models):
+    manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
+    assert manifest["kind"] == "tfidf"
+    assert manifest["label_set"]["labels"] and manifest["label_set"]["mapping"]
+    assert len(manifest["data"]["sha256"]) == 64
+    assert manifest["split"]["seed"] == 42 and manifest["split"]["test_ids"]
+    assert set(manifest["files"]) == {"vocab.json", "weights.npz", "config.json"}
+    assert {"top1", "top5", "macro_f1", "worst_classes", "confused_pairs"} <= set(manifest["metrics"])
+    assert "scikit-learn" in manifest["library_versions"]
+
+
+def test_learns_something_real(trained_models):
+    metrics = json.loads((trained_models / "tfidf" / "manifest.json").read_text())["metrics"]
+    # 4,000 rows over ~30 labels: far above the ~10% of always answering the largest class
+    assert metrics["top1"] > 0.4 and metrics["top5"] > metrics["top1"]
+
+
+def test_gives_calibrated_top5_candidates(model, sample_rows):
+    result = model.classify(sample_rows[0]["abstract"])
+    assert result.source == "tfidf" and len(result.candidates) == 5
+    scores = [c.score for c in result.candidates]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+    proba = model.predict_proba([r["abstract"] for r in sample_rows[:20]])
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert model.temperature > 0
+
+
+def test_round_trip_gives_identical_probabilities(model, trained_models, tmp_path, sample_rows):
+    texts = [r["abstract"] for r in sample_rows[:50]]
+    model.save(tmp_path / "tfidf")
+    again = TfidfClassifier.load(tmp_path / "tfidf")
+    assert np.array_equal(model.predict_proba(texts), again.predict_proba(texts))
+
+
+def copy_model(trained_models, tmp_path):
+    target = tmp_path / "tfidf"
+    shutil.copytree(trained_models / "tfidf", target)
+    return target
+
+
+def test_a_changed_byte_is_refused(trained_models, tmp_path):
+    target = copy_model(trained_models, tmp_path)
+    data = bytearray((target / "weights.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (target / "weights.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelNotAvailable, match="weights.npz changed") as info:
+        TfidfClassifier.load(target)
+    assert info.value.reason == "tampered_artifacts"
+
+
+def test_a_missing_file_is_refused(trained_models, tmp_path):
+    target = copy_model(trained_models, tmp_path)
+    (target / "vocab.json").unlink()
+    with pytest.raises(ModelNotAvailable, match="missing vocab.json"):
+        TfidfClassifier.load(target)
+
+
+def test_a_planted_pickle_is_refused(trained_models, tmp_path):
+    target = copy_model(trained_models, tmp_path)
+    (target / "model.pkl").write_bytes(pickle.dumps({"not": "loaded"}))
+    with pytest.raises(ModelNotAvailable, match="unexpected file model.pkl"):
+        TfidfClassifier.load(target)
+
+
+def test_router_skips_a_tampered_model_with_the_reason(trained_models, tmp_path, caplog):
+    target = copy_model(trained_models, tmp_path)
+    (target / "config.json").write_text("{}")
+    router = Router.from_settings(Settings(model_dir=tmp_path, fallbacks="tfidf", cache=False))
+    from llm_router import AllClassifiersFailed
+
+    with pytest.raises(AllClassifiersFailed) as info:
+        router.classify("An abstract about galaxies.")
+    assert [e.reason for e in info.value.errors] == ["no_api_key", "tampered_artifacts"]
+    assert "config.json changed" in caplog.text
+
+
+def test_default_chain_picks_up_the_trained_model(trained_models, sample_rows):
+    router = Router.from_settings(Settings(model_dir=trained_models, cache=False))
+    result = router.classify(sample_rows[1]["abstract"])
+    assert (result.source, result.fallback_reason) == ("tfidf", "no_api_key")
+    assert len(result.candidates) >= 5
+    manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
+    assert result.label in manifest["label_set"]["labels"]
+
+
+def test_the_llm_is_offered_the_trained_label_set(trained_models, make_settings, server):
+    router = Router.from_settings(make_settings(model_dir=trained_models))
+    router.classify("Some abstract about the cosmic microwave background.")
+    enum = server.requests[0].body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"]
+    manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
+    assert enum == manifest["label_set"]["labels"]
