@@ -43,28 +43,50 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="python -m eval", description="Compare the router, the LLM alone and each "
-                "local model on held-out arXiv abstracts, within a budget.")
+    p = _Parser(
+        prog="python -m eval",
+        description="Compare the router, the LLM alone and each "
+        "local model on held-out arXiv abstracts, within a budget.",
+    )
     p.add_argument("--n", type=int, default=10, help="rows to evaluate (default 10)")
-    p.add_argument("--data", help="local .jsonl[.gz]/.parquet/.csv or hub id (default: the data "
-                   f"the models were trained on, else {HF_DATASET})")
-    p.add_argument("--systems", default=",".join(ALL_SYSTEMS),
-                   help="comma-separated subset of router,llm,bert,tfidf (default: all)")
+    p.add_argument(
+        "--data",
+        help="local .jsonl[.gz]/.parquet/.csv or hub id (default: the data "
+        f"the models were trained on, else {HF_DATASET})",
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help="comma-separated subset of router,llm,bert,tfidf (default: all)",
+    )
     p.add_argument("--max-requests", type=int, help="HTTP attempts allowed in all (default 3×n)")
     p.add_argument("--max-tokens", type=int, help="prompt+completion tokens allowed in all")
     p.add_argument("--max-cost-usd", type=float, default=1.0, help="USD allowed in all (default 1)")
-    p.add_argument("--price-per-mtok", type=float,
-                   help="USD per million tokens, for --estimate and the cost budget "
-                   "(default: the endpoint's model list when reachable)")
-    p.add_argument("--rpm", type=float, default=20.0,
-                   help="requests per minute, evenly spaced (default 20: OpenRouter's free tier)")
+    p.add_argument(
+        "--price-per-mtok",
+        type=float,
+        help="USD per million tokens, for --estimate and the cost budget "
+        "(default: the endpoint's model list when reachable)",
+    )
+    p.add_argument(
+        "--rpm",
+        type=float,
+        default=20.0,
+        help="requests per minute, evenly spaced (default 20: OpenRouter's free tier)",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="rows in flight (default 4)")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
     p.add_argument("--out", type=Path, help="report folder (default runs/<timestamp>)")
-    p.add_argument("--estimate", action="store_true",
-                   help="print projected requests, tokens and cost, then exit; sends nothing")
-    p.add_argument("--train-missing", action="store_true",
-                   help="train the TF-IDF model first when no model is trained yet")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print projected requests, tokens and cost, then exit; sends nothing",
+    )
+    p.add_argument(
+        "--train-missing",
+        action="store_true",
+        help="train the TF-IDF model first when no model is trained yet",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log retries and fallbacks")
     return p
 
@@ -75,12 +97,15 @@ def _check(args: argparse.Namespace) -> list[str]:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(ALL_SYSTEMS))
     if unknown or not systems:
-        raise UsageError(f"unknown system(s) {', '.join(unknown) or '(none)'}; choose from "
-                         f"{','.join(ALL_SYSTEMS)}")
+        raise UsageError(
+            f"unknown system(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{','.join(ALL_SYSTEMS)}"
+        )
     for name in ("max_requests", "max_tokens", "concurrency"):
         value = getattr(args, name)
         if value is not None and value < (0 if name != "concurrency" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must not be {'below 1' if name == 'concurrency' else 'negative'}")
+            floor = "below 1" if name == "concurrency" else "negative"
+            raise UsageError(f"--{name.replace('_', '-')} must not be {floor}")
     if args.rpm <= 0:
         raise UsageError("--rpm must be positive")
     if args.max_cost_usd is not None and args.max_cost_usd < 0:
@@ -107,7 +132,10 @@ def _held_out_ids(args: argparse.Namespace, settings: Settings) -> set[str]:
         from fallback_models.train import prepare_dataset, train_tfidf
 
         source = args.data or HF_DATASET
-        print(f"no trained model under {settings.model_dir}: training tfidf on {source}", file=sys.stderr)
+        print(
+            f"no trained model under {settings.model_dir}: training tfidf on {source}",
+            file=sys.stderr,
+        )
         train_tfidf(prepare_dataset(source), settings.model_dir / "tfidf")
         found = test_ids(settings.model_dir)
     if not found:
@@ -141,13 +169,19 @@ def run(args: argparse.Namespace) -> int:
     papers = load_papers(source)
     rows = stratified_sample(papers, held_out, labels, args.n, args.seed)
     if not rows:
-        raise UsageError(f"none of the models' held-out rows are in {source}: pass the data "
-                         "they were trained on with --data")
+        raise UsageError(
+            f"none of the models' held-out rows are in {source}: pass the data "
+            "they were trained on with --data"
+        )
     if len(rows) < args.n:
         print(f"note: only {len(rows)} held-out rows available", file=sys.stderr)
 
     price = args.price_per_mtok
-    if price is None and settings.api_key is not None and (args.estimate or args.max_cost_usd is not None):
+    if (
+        price is None
+        and settings.api_key is not None
+        and (args.estimate or args.max_cost_usd is not None)
+    ):
         price = fetch_price_per_mtok(settings)
     llm_systems = sum(s in ("router", "llm") for s in systems_wanted) if settings.api_key else 0
     if args.estimate:
@@ -182,8 +216,10 @@ def run(args: argparse.Namespace) -> int:
             spent[system.name] = _spent(before, budget.snapshot())
     except KeyboardInterrupt:
         status = "interrupted"
-        print("\ninterrupted: writing the partial report (a re-run resumes from the cache)",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: writing the partial report (a re-run resumes from the cache)",
+            file=sys.stderr,
+        )
     report = {
         "status": status,
         "data": source,
@@ -201,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
             report["systems"][system.name] = {"unavailable": system.unavailable}
         elif system.name in outcomes:
             report["systems"][system.name] = system_figures(
-                outcomes[system.name], spent.get(system.name, _spent(budget.snapshot(), budget.snapshot()))
+                outcomes[system.name],
+                spent.get(system.name, _spent(budget.snapshot(), budget.snapshot())),
             )
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     written = write_report(out, report, outcomes)
@@ -218,8 +255,9 @@ def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_one(system: System, rows: list[Any], concurrency: int, stop: threading.Event,
-             budget: Budget) -> list[Outcome]:
+def _run_one(
+    system: System, rows: list[Any], concurrency: int, stop: threading.Event, budget: Budget
+) -> list[Outcome]:
     if not system.uses_llm:
         with tqdm(total=len(rows), desc=system.name, unit="row", leave=False) as bar:
             result = run_local(system, rows)
@@ -227,12 +265,15 @@ def _run_one(system: System, rows: list[Any], concurrency: int, stop: threading.
         return result
     correct = 0
     with tqdm(total=len(rows), desc=system.name, unit="row") as bar:
+
         def done(outcome: Outcome) -> None:
             nonlocal correct
             correct += outcome.label == outcome.truth
             snap = budget.snapshot()
             bar.update(1)
-            bar.set_postfix(acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['cost_usd']:.4f}")
+            bar.set_postfix(
+                acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['cost_usd']:.4f}"
+            )
 
         return run_concurrent(system, rows, concurrency, done, stop)
 

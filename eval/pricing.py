@@ -40,7 +40,10 @@ def fetch_price_per_mtok(settings: Settings, timeout_s: float = 5.0) -> float | 
 
 
 def estimate(
-    texts: Sequence[str], settings: Settings, labels: LabelSet, llm_systems: int,
+    texts: Sequence[str],
+    settings: Settings,
+    labels: LabelSet,
+    llm_systems: int,
     price_per_mtok: float | None,
 ) -> dict[str, Any]:
     """Requests, tokens and cost if every LLM answer were a cache miss and valid at once."""

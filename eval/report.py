@@ -50,7 +50,8 @@ def system_figures(outcomes: Sequence[Outcome], spent: dict[str, Any]) -> dict[s
         "sources": dict(Counter(o.source or "none" for o in outcomes)),
         "reasons": dict(Counter(o.reason for o in outcomes if o.reason)),
         "confused_pairs": [
-            {"true": t, "predicted": p, "count": c} for t, p, c in confused_pairs(truth, predicted, 5)
+            {"true": t, "predicted": p, "count": c}
+            for t, p, c in confused_pairs(truth, predicted, 5)
         ],
     }
     return figures
@@ -80,7 +81,8 @@ def table(report: dict[str, Any]) -> str:
         if figures["reasons"]:
             detail += "; " + ", ".join(f"{k} {v}" for k, v in sorted(figures["reasons"].items()))
         lines.append(
-            f"| {name} | {figures['rows']} | {_pct(figures['accuracy'])} ({_pct(low)}–{_pct(high)}) "
+            f"| {name} | {figures['rows']} "
+            f"| {_pct(figures['accuracy'])} ({_pct(low)}–{_pct(high)}) "
             f"| {_pct(figures['top5'])} | {figures['macro_f1']:.3f} | {figures['weighted_f1']:.3f} "
             f"| {_ms(figures['latency_ms_p50'])} | {_ms(figures['latency_ms_p95'])} "
             f"| {figures['requests']} | {figures['tokens']} | {figures['cost_usd']:.4f} "
@@ -121,9 +123,21 @@ def write_report(
     written.append(out / "report.md")
 
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        fields = ["system", "row_id", "truth", "label", "source", "cached", "reason",
-                  "latency_ms", "candidates", "requests", "prompt_tokens", "completion_tokens",
-                  "cost_usd"]
+        fields = [
+            "system",
+            "row_id",
+            "truth",
+            "label",
+            "source",
+            "cached",
+            "reason",
+            "latency_ms",
+            "candidates",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+        ]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(predictions)

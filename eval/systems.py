@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -83,8 +84,8 @@ def build_systems(
     from fallback_models.artifacts import load_local_classifier
 
     systems: list[System] = []
-    local: dict[str, LazyClassifier] = {
-        kind: LazyClassifier(kind, lambda kind=kind: load_local_classifier(kind, settings, labels))
+    local = {
+        kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
         for kind in ("bert", "tfidf")
     }
     for name in names:
@@ -100,12 +101,20 @@ def build_systems(
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
-                systems.append(System(name, Router([llm], max_input_chars=settings.max_input_chars), uses_llm=True))
+                systems.append(
+                    System(
+                        name, Router([llm], max_input_chars=settings.max_input_chars), uses_llm=True
+                    )
+                )
         elif name == "router":
             chain: list[Classifier] = [llm_classifier(settings, labels, budget, limiter)]
             chain += [local[k] for k in settings.fallbacks]
             systems.append(
-                System(name, Router(chain, max_input_chars=settings.max_input_chars), uses_llm=settings.api_key is not None)
+                System(
+                    name,
+                    Router(chain, max_input_chars=settings.max_input_chars),
+                    uses_llm=settings.api_key is not None,
+                )
             )
     return systems
 
@@ -151,9 +160,13 @@ def run_concurrent(
         return Outcome.of(row, result, (time.perf_counter() - started) * 1000)
 
     results: dict[int, Outcome] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=f"eval-{system.name}")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, concurrency), thread_name_prefix=f"eval-{system.name}"
+    )
     try:
-        futures: dict[Future[Outcome | None], int] = {pool.submit(one, r): i for i, r in enumerate(rows)}
+        futures: dict[Future[Outcome | None], int] = {
+            pool.submit(one, r): i for i, r in enumerate(rows)
+        }
         for future in as_completed(futures):
             outcome = future.result()
             if outcome is not None:

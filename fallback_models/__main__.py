@@ -20,9 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a local model and print its test metrics")
     train.add_argument("kind", choices=["tfidf", "bert"])
     train.add_argument(
-        "--data", default=HF_DATASET, help=f"local .jsonl[.gz]/.parquet/.csv or a hub id (default {HF_DATASET})"
+        "--data",
+        default=HF_DATASET,
+        help=f"local .jsonl[.gz]/.parquet/.csv or a hub id (default {HF_DATASET})",
     )
-    train.add_argument("--out", type=Path, help="model root (default: LLM_ROUTER_MODEL_DIR or ./models)")
+    train.add_argument(
+        "--out", type=Path, help="model root (default: LLM_ROUTER_MODEL_DIR or ./models)"
+    )
     train.add_argument("--seed", type=int, default=42, help="split and training seed")
     train.add_argument("--test-fraction", type=float, default=0.1)
     bert = train.add_argument_group("bert")

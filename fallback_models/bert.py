@@ -23,7 +23,7 @@ from llm_router.labels import LabelSet
 from llm_router.schemas import Candidate, Classification
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class BertClassifier:
 
     name = "bert"
 
-    def __init__(self, labels: LabelSet, model: Any, tokenizer: Any, config: BertConfig, device: str):
+    def __init__(
+        self, labels: LabelSet, model: Any, tokenizer: Any, config: BertConfig, device: str
+    ):
         self.labels = labels
         self.model = model
         self.tokenizer = tokenizer
@@ -204,7 +206,9 @@ class BertClassifier:
             Classification(
                 label=self.labels.labels[idx[0]],
                 source=self.name,
-                candidates=[Candidate(label=self.labels.labels[i], score=float(row[i])) for i in idx],
+                candidates=[
+                    Candidate(label=self.labels.labels[i], score=float(row[i])) for i in idx
+                ],
                 latency_ms=per_text_ms,
                 model=f"bert:{Path(self.config.base_model).name}",
             )
@@ -241,7 +245,7 @@ class BertClassifier:
             ModelNotAvailable: artifacts missing or tampered, or torch/transformers missing.
         """
         manifest = verify_artifacts(directory, "bert")
-        torch = _require_torch()
+        _require_torch()
         import json
 
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

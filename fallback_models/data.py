@@ -62,7 +62,9 @@ def load_papers(source: str) -> list[Paper]:
         abstract = row.get("abstract")
         label = row.get("primary_category")
         if not isinstance(abstract, str) or not isinstance(label, str):
-            missing = [k for k in ("abstract", "primary_category") if not isinstance(row.get(k), str)]
+            missing = [
+                k for k in ("abstract", "primary_category") if not isinstance(row.get(k), str)
+            ]
             raise DataError(f"{source}: row {n} lacks text column(s) {', '.join(missing)}")
         if not abstract.strip() or not label.strip():
             continue
@@ -70,7 +72,12 @@ def load_papers(source: str) -> list[Paper]:
         paper_id = str(row_id) if row_id not in (None, "") else _derived_id(abstract)
         title = row.get("title")
         papers.append(
-            Paper(paper_id, abstract.strip(), label.strip(), title.strip() if isinstance(title, str) else "")
+            Paper(
+                paper_id,
+                abstract.strip(),
+                label.strip(),
+                title.strip() if isinstance(title, str) else "",
+            )
         )
     if not papers:
         raise DataError(f"{source}: no rows with an abstract and a primary_category")
@@ -93,7 +100,7 @@ def _read_local(path: Path) -> Iterator[dict[str, Any]]:
                 yield from csv.DictReader(handle)
         elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
             opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+            with opener(path, "rt", encoding="utf-8") as handle:
                 for n, line in enumerate(handle, start=1):
                     if line.strip():
                         row = json.loads(line)
@@ -177,5 +184,3 @@ def split_ids(
         test.extend(picked[:n_test])
         train.extend(picked[n_test:])
     return sorted(train), sorted(test)
-
-

@@ -115,7 +115,7 @@ class TfidfClassifier:
         rng = np.random.default_rng(config.seed)
         calib = rng.random(len(y)) < config.calibration_fraction
         fit_idx, cal_idx = np.flatnonzero(~calib), np.flatnonzero(calib)
-        fit_texts = [texts[i] for i in fit_idx]
+        fit_texts = [texts[int(i)] for i in fit_idx]
 
         vectorizers: dict[str, TfidfVectorizer] = {}
         blocks = []
@@ -146,13 +146,15 @@ class TfidfClassifier:
         model = cls(labels, vectorizers, np.asfortranarray(coef), intercept, 1.0, config)
         if len(cal_idx):
             say(f"calibrating on {len(cal_idx):,} held-out rows")
-            scores = model.decision_scores([texts[i] for i in cal_idx])
+            scores = model.decision_scores([texts[int(i)] for i in cal_idx])
             model.temperature = _fit_temperature(scores, y[cal_idx])
         return model
 
     # -- inference --------------------------------------------------------------------------
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        blocks = [self.vectorizers[k].transform(texts) for k in _VECTOR_KEYS if k in self.vectorizers]
+        blocks = [
+            self.vectorizers[k].transform(texts) for k in _VECTOR_KEYS if k in self.vectorizers
+        ]
         return sp.hstack(blocks).tocsr() if len(blocks) > 1 else blocks[0]
 
     def decision_scores(self, texts: Sequence[str]) -> np.ndarray:
@@ -230,7 +232,9 @@ class TfidfClassifier:
                     continue
                 params = _vectorizer_params(config, kind)
                 params.update(max_features=None, min_df=1)
-                vec = TfidfVectorizer(**params, vocabulary={t: i for i, t in enumerate(vocab[kind])})
+                vec = TfidfVectorizer(
+                    **params, vocabulary={t: i for i, t in enumerate(vocab[kind])}
+                )
                 vec.idf_ = arrays[f"idf_{kind}"]
                 vectorizers[kind] = vec
             coef = np.asfortranarray(arrays["coef"].astype(np.float32))

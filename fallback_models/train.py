@@ -61,7 +61,9 @@ def prepare_dataset(
     targets = [labels.to_deployed(p.primary_category) or "other" for p in papers]
     duplicates = len(papers) - len({p.id for p in papers})
     if duplicates:
-        logger.warning("%d duplicate ids in %s; the split treats them as one paper", duplicates, source)
+        logger.warning(
+            "%d duplicate ids in %s; the split treats them as one paper", duplicates, source
+        )
     train_ids, test_ids = split_ids(
         [p.id for p in papers], targets, test_fraction=test_fraction, seed=seed
     )
@@ -69,7 +71,15 @@ def prepare_dataset(
     test_idx = [i for i, p in enumerate(papers) if p.id in test_set]
     train_idx = [i for i, p in enumerate(papers) if p.id not in test_set]
     return Dataset(
-        source, data_fingerprint(source), papers, labels, targets, train_idx, test_idx, seed, test_fraction
+        source,
+        data_fingerprint(source),
+        papers,
+        labels,
+        targets,
+        train_idx,
+        test_idx,
+        seed,
+        test_fraction,
     )
 
 
@@ -125,7 +135,11 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
 
     started = time.perf_counter()
     model = TfidfClassifier.train(
-        dataset.texts(dataset.train_idx), dataset.y(dataset.train_idx), dataset.labels, config, progress
+        dataset.texts(dataset.train_idx),
+        dataset.y(dataset.train_idx),
+        dataset.labels,
+        config,
+        progress,
     )
     train_s = time.perf_counter() - started
     stages.set_postfix_str("evaluating on the test split")

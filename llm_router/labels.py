@@ -119,7 +119,7 @@ class LabelSet:
         if cached is None:
             cached = {label: i for i, label in enumerate(self.labels)}
             object.__setattr__(self, "_index_cache", cached)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def index(self, label: str) -> int:
         return self._index[label]
@@ -153,7 +153,7 @@ class LabelSet:
         if cached is None:
             cached = self._build_lookup()
             object.__setattr__(self, "_lookup_cache", cached)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def _build_lookup(self) -> dict[str, str]:
         # Lower-cased code or name -> deployed label. A name shared by two deployed labels

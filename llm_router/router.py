@@ -70,6 +70,8 @@ class LazyClassifier:
 class Router:
     """Classifies a text with the first classifier of the chain that can answer."""
 
+    name = "router"
+
     def __init__(self, classifiers: Sequence[Classifier], *, max_input_chars: int = 6000) -> None:
         self.classifiers = list(classifiers)
         self.max_input_chars = max_input_chars
@@ -115,7 +117,9 @@ class Router:
                 result = classifier.classify(text)
             except ClassifierError as exc:
                 level = logging.DEBUG if exc.reason in _QUIET_REASONS else logging.WARNING
-                logger.log(level, "classifier %s failed on %d chars: %s", classifier.name, len(text), exc)
+                logger.log(
+                    level, "classifier %s failed on %d chars: %s", classifier.name, len(text), exc
+                )
                 errors.append(exc)
                 continue
             if errors:
@@ -182,10 +186,16 @@ def llm_classifier(
             "answers come from the local models"
         )
         return Unavailable(
-            LLMUnavailable("no API key set (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY)", reason="no_api_key")
+            LLMUnavailable(
+                "no API key set (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY)", reason="no_api_key"
+            )
         )
     llm = LLMClassifier(
-        settings, labels, load_prompt(settings.prompt, settings.prompts_dir), limiter=limiter, budget=budget
+        settings,
+        labels,
+        load_prompt(settings.prompt, settings.prompts_dir),
+        limiter=limiter,
+        budget=budget,
     )
     if not settings.cache:
         return llm

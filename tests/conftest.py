@@ -76,7 +76,9 @@ def sample_rows(shared_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def sample_file(tmp_path_factory: pytest.TempPathFactory, sample_rows: list[dict[str, Any]]) -> Path:
+def sample_file(
+    tmp_path_factory: pytest.TempPathFactory, sample_rows: list[dict[str, Any]]
+) -> Path:
     path = tmp_path_factory.mktemp("data") / "sample.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as handle:
         for row in sample_rows:

@@ -41,7 +41,12 @@ def test_offline_without_a_key_runs_from_the_local_models(env, server, tmp_path,
     assert router["reasons"] == {"no_api_key": 10}
     assert report["systems"]["tfidf"]["top5"] is not None
     assert server.count == 0
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "predictions.csv", "confusion.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "report.json",
+        "report.md",
+        "predictions.csv",
+        "confusion.png",
+    }
 
 
 def test_data_defaults_to_what_the_models_were_trained_on(env, tmp_path):
@@ -61,7 +66,9 @@ def test_samples_only_held_out_rows(env, tmp_path, sample_file, trained_models):
 
 def test_accuracy_equals_what_the_predictions_say(env, server, tmp_path, sample_file):
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    server.default = lambda body: Reply.answer("cs.LG" if len(body["messages"][1]["content"]) % 2 else "math.CO")
+    server.default = lambda body: Reply.answer(
+        "cs.LG" if len(body["messages"][1]["content"]) % 2 else "math.CO"
+    )
     out = tmp_path / "run"
     main(["--n", "12", "--data", str(sample_file), "--rpm", "6000", "--out", str(out)])
     report = read_report(out)
@@ -72,7 +79,9 @@ def test_accuracy_equals_what_the_predictions_say(env, server, tmp_path, sample_
             continue
         mine = [r for r in rows if r["system"] == name]
         assert len(mine) == figures["rows"] == 12
-        assert figures["accuracy"] == pytest.approx(sum(r["label"] == r["truth"] for r in mine) / 12)
+        assert figures["accuracy"] == pytest.approx(
+            sum(r["label"] == r["truth"] for r in mine) / 12
+        )
 
 
 @pytest.mark.parametrize("concurrency", ["1", "8"])
@@ -80,8 +89,24 @@ def test_requests_never_exceed_max_requests(env, server, tmp_path, sample_file, 
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
     server.default = lambda _body: Reply.answer("cs.LG", delay_s=0.05)
     out = tmp_path / "run"
-    code = main(["--n", "20", "--data", str(sample_file), "--systems", "router,llm", "--rpm", "60000",
-                 "--max-requests", "5", "--concurrency", concurrency, "--out", str(out)])
+    code = main(
+        [
+            "--n",
+            "20",
+            "--data",
+            str(sample_file),
+            "--systems",
+            "router,llm",
+            "--rpm",
+            "60000",
+            "--max-requests",
+            "5",
+            "--concurrency",
+            concurrency,
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert server.count == 5
     report = read_report(out)
@@ -94,8 +119,22 @@ def test_requests_never_exceed_max_requests(env, server, tmp_path, sample_file, 
 def test_rpm_spaces_requests(env, server, tmp_path, sample_file):
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
     out = tmp_path / "run"
-    main(["--n", "5", "--data", str(sample_file), "--systems", "llm", "--rpm", "300",
-          "--concurrency", "5", "--out", str(out)])
+    main(
+        [
+            "--n",
+            "5",
+            "--data",
+            str(sample_file),
+            "--systems",
+            "llm",
+            "--rpm",
+            "300",
+            "--concurrency",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     times = sorted(r.at for r in server.requests)
     assert len(times) == 5
     assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.18  # 60/300 = 0.2 s
@@ -124,8 +163,25 @@ def test_a_429_slows_the_run_down_rather_than_failing_it(env, server, tmp_path, 
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
     server.script(Reply.error(429, **{"Retry-After": "1"}))
     out = tmp_path / "run"
-    assert main(["--n", "3", "--data", str(sample_file), "--systems", "llm", "--rpm", "6000",
-                 "--concurrency", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--n",
+                "3",
+                "--data",
+                str(sample_file),
+                "--systems",
+                "llm",
+                "--rpm",
+                "6000",
+                "--concurrency",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert read_report(out)["systems"]["llm"]["answered"] == 3
 
 
@@ -140,8 +196,9 @@ def test_a_429_slows_the_run_down_rather_than_failing_it(env, server, tmp_path, 
     ],
 )
 def test_bad_arguments_exit_2_without_a_traceback(env, args, words):
-    result = subprocess.run([sys.executable, "-m", "eval", *args], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "eval", *args], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert words in result.stderr

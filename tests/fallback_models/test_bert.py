@@ -15,8 +15,29 @@ from fallback_models.bert import BertClassifier, BertConfig  # noqa: E402
 from llm_router import ModelNotAvailable, Router, Settings  # noqa: E402
 from llm_router.labels import LabelSet  # noqa: E402
 
-WORDS = ("galaxy star cosmology dark matter lensing graph theorem proof prime integer network "
-         "neural image vision segmentation robot control quantum qubit entanglement").split()
+WORDS = [
+    "galaxy",
+    "star",
+    "cosmology",
+    "dark",
+    "matter",
+    "lensing",
+    "graph",
+    "theorem",
+    "proof",
+    "prime",
+    "integer",
+    "network",
+    "neural",
+    "image",
+    "vision",
+    "segmentation",
+    "robot",
+    "control",
+    "quantum",
+    "qubit",
+    "entanglement",
+]
 TEXTS = {
     "astro-ph.CO": "dark matter cosmology lensing galaxy star",
     "math.NT": "prime integer theorem proof",
@@ -33,8 +54,12 @@ def tiny_base(tmp_path_factory):
     (base / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = transformers.BertTokenizerFast(vocab_file=str(base / "vocab.txt"))
     config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(base)
@@ -47,8 +72,14 @@ def trained(tiny_base, tmp_path_factory):
     labels = LabelSet(tuple(sorted(TEXTS)))
     texts = [TEXTS[label] for label in labels.labels] * 8
     targets = list(labels.labels) * 8
-    config = BertConfig(base_model=str(tiny_base), max_length=32, epochs=30, batch_size=8,
-                        learning_rate=3e-3, warmup_fraction=0.0)
+    config = BertConfig(
+        base_model=str(tiny_base),
+        max_length=32,
+        epochs=30,
+        batch_size=8,
+        learning_rate=3e-3,
+        warmup_fraction=0.0,
+    )
     model = BertClassifier.train(texts, targets, labels, config, device="cpu")
     root = tmp_path_factory.mktemp("models")
     model.save(root / "bert", metrics={"note": "tiny"})
@@ -90,4 +121,8 @@ def test_router_uses_bert_before_tfidf(trained):
     _model, root = trained
     router = Router.from_settings(Settings(model_dir=root, cache=False, device="cpu"))
     result = router.classify(TEXTS["quant-ph"])
-    assert (result.label, result.source, result.fallback_reason) == ("quant-ph", "bert", "no_api_key")
+    assert (result.label, result.source, result.fallback_reason) == (
+        "quant-ph",
+        "bert",
+        "no_api_key",
+    )

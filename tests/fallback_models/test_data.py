@@ -12,7 +12,12 @@ from fallback_models.data import DataError, load_papers, split_ids
 
 ROWS = [
     {"id": "2501.00001", "title": "A", "abstract": "First abstract.", "primary_category": "cs.CV"},
-    {"id": "2501.00002", "title": "B", "abstract": "Second abstract.", "primary_category": "math.MP"},
+    {
+        "id": "2501.00002",
+        "title": "B",
+        "abstract": "Second abstract.",
+        "primary_category": "math.MP",
+    },
 ]
 
 
@@ -45,7 +50,11 @@ def test_reads_jsonl_csv_and_parquet(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [('{"abstract": "x"}\n', "primary_category"), ("not json\n", "cannot read"), ("[1, 2]\n", "not a JSON object")],
+    [
+        ('{"abstract": "x"}\n', "primary_category"),
+        ("not json\n", "cannot read"),
+        ("[1, 2]\n", "not a JSON object"),
+    ],
 )
 def test_bad_files_raise_a_clear_data_error(tmp_path, content, words):
     path = tmp_path / "bad.jsonl"
@@ -70,7 +79,9 @@ def test_split_is_deterministic_stratified_and_disjoint():
     ids = [f"id{i}" for i in range(1000)]
     labels = ["a"] * 700 + ["b"] * 290 + ["c"] * 10
     train, test = split_ids(ids, labels, test_fraction=0.1, seed=7)
-    assert (train, test) == split_ids(list(reversed(ids)), list(reversed(labels)), test_fraction=0.1, seed=7)
+    assert (train, test) == split_ids(
+        list(reversed(ids)), list(reversed(labels)), test_fraction=0.1, seed=7
+    )
     assert set(train).isdisjoint(test) and len(train) + len(test) == 1000
     by_id = dict(zip(ids, labels, strict=True))
     assert sorted(by_id[i] for i in test).count("a") == 70

@@ -25,7 +25,9 @@ def test_manifest_records_what_a_user_needs(trained_models):
     assert len(manifest["data"]["sha256"]) == 64
     assert manifest["split"]["seed"] == 42 and manifest["split"]["test_ids"]
     assert set(manifest["files"]) == {"vocab.json", "weights.npz", "config.json"}
-    assert {"top1", "top5", "macro_f1", "worst_classes", "confused_pairs"} <= set(manifest["metrics"])
+    assert {"top1", "top5", "macro_f1", "worst_classes", "confused_pairs"} <= set(
+        manifest["metrics"]
+    )
     assert "scikit-learn" in manifest["library_versions"]
 
 
@@ -106,6 +108,8 @@ def test_default_chain_picks_up_the_trained_model(trained_models, sample_rows):
 def test_the_llm_is_offered_the_trained_label_set(trained_models, make_settings, server):
     router = Router.from_settings(make_settings(model_dir=trained_models))
     router.classify("Some abstract about the cosmic microwave background.")
-    enum = server.requests[0].body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"]
+    enum = server.requests[0].body["response_format"]["json_schema"]["schema"]["properties"][
+        "label"
+    ]["enum"]
     manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
     assert enum == manifest["label_set"]["labels"]

@@ -62,8 +62,10 @@ def test_cache_off_sends_every_time(make_settings, server, monkeypatch):
     monkeypatch.setenv("LLM_ROUTER_CACHE", "off")
     from llm_router import Settings
 
-    settings = Settings(**{k: v for k, v in make_settings().model_dump().items() if k not in {"cache", "api_key"}},
-                        api_key="k")
+    settings = Settings(
+        **{k: v for k, v in make_settings().model_dump().items() if k not in {"cache", "api_key"}},
+        api_key="k",
+    )
     assert settings.cache is False
     chain(settings).classify(TEXT)
     chain(settings).classify(TEXT)

@@ -13,8 +13,16 @@ from tests.conftest import TAXONOMY
 
 @pytest.mark.parametrize(
     ("raw", "code"),
-    [("cs.SY", "eess.SY"), ("math.MP", "math-ph"), ("stat.TH", "math.ST"), ("cs.NA", "math.NA"),
-     ("math.IT", "cs.IT"), ("q-fin.EC", "econ.GN"), ("alg-geom", "math.AG"), (" cs.CV ", "cs.CV")],
+    [
+        ("cs.SY", "eess.SY"),
+        ("math.MP", "math-ph"),
+        ("stat.TH", "math.ST"),
+        ("cs.NA", "math.NA"),
+        ("math.IT", "cs.IT"),
+        ("q-fin.EC", "econ.GN"),
+        ("alg-geom", "math.AG"),
+        (" cs.CV ", "cs.CV"),
+    ],
 )
 def test_aliases_map_to_their_canonical_code(raw, code):
     assert canonical_code(raw) == code
@@ -42,8 +50,14 @@ def test_aliases_are_counted_with_their_canonical_code():
 
 
 def test_to_deployed_handles_unseen_merged_and_legacy_codes():
-    labels = LabelSet.from_raw_labels(["eess.SY"] * 100 + ["math-ph"] * 100 + ["math.GM"] * 60 + ["math.HO"] * 50
-                                      + ["astro-ph.GA"] * 100 + ["hep-ex"] * 5)
+    labels = LabelSet.from_raw_labels(
+        ["eess.SY"] * 100
+        + ["math-ph"] * 100
+        + ["math.GM"] * 60
+        + ["math.HO"] * 50
+        + ["astro-ph.GA"] * 100
+        + ["hep-ex"] * 5
+    )
     assert labels.to_deployed("cs.SY") == "eess.SY"
     assert labels.to_deployed("math.MP") == "math-ph"
     assert labels.to_deployed("math.GM") == "math"
@@ -72,7 +86,9 @@ def test_full_taxonomy_is_the_label_set_before_training():
     assert "cs.SY" not in labels and "math.MP" not in labels  # aliases are not labels
 
 
-@pytest.mark.parametrize("answer", ["cs.CVX", "I think it is cs.CV", "cs", "", "x" * 500, "cs.CV cs.LG"])
+@pytest.mark.parametrize(
+    "answer", ["cs.CVX", "I think it is cs.CV", "cs", "", "x" * 500, "cs.CV cs.LG"]
+)
 def test_answers_that_merely_contain_a_code_are_invalid(answer):
     assert LabelSet.full_taxonomy().parse_answer(answer) is None
 
@@ -89,7 +105,9 @@ def test_taxonomy_table_matches_arxivs_own_file():
     if not TAXONOMY.is_file():
         pytest.skip(f"{TAXONOMY} not found")
     official = json.loads(TAXONOMY.read_text())
-    assert ALIASES == official["aliases"]
-    assert SUBSUMED_ARCHIVES == official["subsumed_archives"]
-    assert ARCHIVES == official["archives"]
-    assert {k: (v["name"], v["archive"], v["active"]) for k, v in official["categories"].items()} == CATEGORIES
+    assert official["aliases"] == ALIASES
+    assert official["subsumed_archives"] == SUBSUMED_ARCHIVES
+    assert official["archives"] == ARCHIVES
+    assert {
+        k: (v["name"], v["archive"], v["active"]) for k, v in official["categories"].items()
+    } == CATEGORIES

@@ -40,7 +40,9 @@ def test_without_a_key_answers_locally_and_sends_nothing(make_settings, server, 
 def test_the_chain_reports_the_first_failure_reason(make_settings, server):
     server.default = lambda _b: Reply.error(503)
     fallback = FixedClassifier("hep-th")
-    router = Router([llm_classifier(make_settings(max_attempts=1), LABELS), MissingClassifier(), fallback])
+    router = Router(
+        [llm_classifier(make_settings(max_attempts=1), LABELS), MissingClassifier(), fallback]
+    )
     result = router.classify(TEXT)
     assert (result.label, result.source, result.fallback_reason) == ("hep-th", "tfidf", "http_503")
     assert fallback.calls == 1
@@ -79,7 +81,12 @@ def test_a_bad_text_in_a_batch_is_named_and_nothing_is_sent(make_settings, serve
 
 @pytest.mark.parametrize(
     "odd",
-    ["\ud800 lone surrogate in " + TEXT, "\u202e" + TEXT, "$$\\int_0^1 f(x)\\,dx$$", TEXT + "\x00" * 10],
+    [
+        "\ud800 lone surrogate in " + TEXT,
+        "\u202e" + TEXT,
+        "$$\\int_0^1 f(x)\\,dx$$",
+        TEXT + "\x00" * 10,
+    ],
 )
 def test_odd_but_valid_text_gets_a_valid_label(make_settings, server, odd):
     result = chain(make_settings()).classify(odd)
@@ -91,7 +98,9 @@ def test_classify_many_keeps_input_order(make_settings, server):
     server.default = lambda body: Reply.answer(
         "hep-th" if "amplitudes" in body["messages"][1]["content"] else "cs.CV", delay_s=0.02
     )
-    texts = [f"{TEXT} ({i})" if i % 3 == 0 else f"Image segmentation benchmark {i}" for i in range(30)]
+    texts = [
+        f"{TEXT} ({i})" if i % 3 == 0 else f"Image segmentation benchmark {i}" for i in range(30)
+    ]
     results = chain(make_settings()).classify_many(texts, concurrency=8)
     assert [r.label for r in results] == ["hep-th" if i % 3 == 0 else "cs.CV" for i in range(30)]
     assert server.count == 30

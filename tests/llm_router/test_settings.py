@@ -43,8 +43,18 @@ def test_environment_variables(monkeypatch, tmp_path):
     assert s.api_key is not None and s.api_key.get_secret_value() == "sk-or-secret"
     assert s.endpoint == "http://127.0.0.1:8080/v1"
     assert (s.model, s.structured_output, s.timeout_s, s.max_attempts, s.rpm) == (
-        "qwen/qwen-2.5-7b-instruct", "json_object", 7.5, 5, 20.0)
-    assert (s.cache_dir, s.model_dir, s.fallbacks, s.cache) == (tmp_path, tmp_path / "m", ("tfidf",), False)
+        "qwen/qwen-2.5-7b-instruct",
+        "json_object",
+        7.5,
+        5,
+        20.0,
+    )
+    assert (s.cache_dir, s.model_dir, s.fallbacks, s.cache) == (
+        tmp_path,
+        tmp_path / "m",
+        ("tfidf",),
+        False,
+    )
 
 
 def test_llm_router_api_key_takes_precedence(monkeypatch):
@@ -81,8 +91,23 @@ def test_unknown_prompt_version_is_a_config_error(tmp_path):
 
 def test_public_api_is_exactly_all():
     exported = {name for name in dir(llm_router) if not name.startswith("_")}
-    modules = {"budget", "breaker", "cache", "classifier", "errors", "inputs", "labels", "llm",
-               "prompts", "ratelimit", "router", "schemas", "settings", "taxonomy", "testing"}
+    modules = {
+        "budget",
+        "breaker",
+        "cache",
+        "classifier",
+        "errors",
+        "inputs",
+        "labels",
+        "llm",
+        "prompts",
+        "ratelimit",
+        "router",
+        "schemas",
+        "settings",
+        "taxonomy",
+        "testing",
+    }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):
         assert name in llm_router.__all__
