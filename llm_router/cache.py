@@ -17,9 +17,11 @@ from llm_router.schemas import Classification, Usage
 
 logger = logging.getLogger(__name__)
 
-# What a broken, locked, full or read-only cache directory can raise. A cache failure
-# bypasses the cache; it never fails a classification.
-_CACHE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout, zlib.error, ValueError, TypeError)
+# A broken, locked, full or read-only cache directory: the cache is bypassed from then on.
+_STORE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
+# One undecodable entry (corrupt bytes, a refused pickle): that entry is dropped.
+_ENTRY_ERRORS = (zlib.error, ValueError, TypeError)
+_CACHE_ERRORS = _STORE_ERRORS + _ENTRY_ERRORS
 
 
 class _JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
@@ -80,25 +82,31 @@ class DiskCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored JSON object, or ``None`` on a miss or any failure."""
+        if self._disabled:
+            return None
         cache = self._open()
         if cache is None:
             return None
         try:
             value = cache.get(key)
         except _CACHE_ERRORS as exc:
-            self._fail("read", exc, disable=False)
-            self.delete(key)
+            broken = isinstance(exc, _STORE_ERRORS)
+            self._fail("read", exc, disable=broken)
+            if not broken:
+                self.delete(key)
             return None
         return value if isinstance(value, dict) else None
 
     def set(self, key: str, value: dict[str, Any]) -> None:
+        if self._disabled:
+            return
         cache = self._open()
         if cache is None:
             return
         try:
             cache.set(key, value)
         except _CACHE_ERRORS as exc:
-            self._fail("write", exc, disable=isinstance(exc, OSError | sqlite3.OperationalError))
+            self._fail("write", exc, disable=isinstance(exc, _STORE_ERRORS))
 
     def delete(self, key: str) -> None:
         cache = self._cache
@@ -107,7 +115,7 @@ class DiskCache:
         try:
             cache.delete(key)
         except _CACHE_ERRORS as exc:
-            self._fail("delete", exc, disable=False)
+            self._fail("delete", exc, disable=isinstance(exc, _STORE_ERRORS))
 
     def close(self) -> None:
         if self._cache is not None:

@@ -1,0 +1,136 @@
+"""Fallback accuracy on the shared data, notebook protocol, next to the notebook's pipeline.
+
+Protocol: labels balanced over the whole file (< 100 rows -> archive -> other), a seeded 10%
+stratified test split (the same one `python -m fallback_models train` saves). In one run:
+the notebook's TF-IDF(stop_words="english", max_features=10000) + one-vs-rest logistic
+regression, and our `tfidf` model (training time, top-1/top-5/macro-F1, inference time per
+abstract one at a time and batched), plus a trained BERT model when --bert-dir is given.
+
+Run: python bench/fallback_accuracy.py [--bert-dir models/bert] [--out bench/results/fallback.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench._common import ABSTRACTS, emit  # noqa: E402
+from fallback_models.tfidf import TfidfClassifier  # noqa: E402
+from fallback_models.train import evaluate, prepare_dataset  # noqa: E402
+
+
+class NotebookPipeline:
+    """The seed notebook's model: TF-IDF (10k features, English stop words) + OvR LR."""
+
+    def __init__(self, labels):  # type: ignore[no-untyped-def]
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        self.labels = labels
+        self.vec = TfidfVectorizer(stop_words="english", max_features=10000)
+        self.clf = OneVsRestClassifier(LogisticRegression(max_iter=1000), n_jobs=2)
+
+    def fit(self, texts, targets):  # type: ignore[no-untyped-def]
+        y = np.array([self.labels.index(t) for t in targets])
+        self.clf.fit(self.vec.fit_transform(texts), y)
+        return self
+
+    def predict_proba(self, texts):  # type: ignore[no-untyped-def]
+        proba = np.zeros((len(texts), len(self.labels)))
+        proba[:, self.clf.classes_] = self.clf.predict_proba(self.vec.transform(texts))
+        return proba
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(ABSTRACTS))
+    parser.add_argument("--bert-dir", type=Path, help="a trained bert model to evaluate too")
+    parser.add_argument("--max-bert-test", type=int, help="evaluate BERT on a seeded subset")
+    parser.add_argument("--skip-notebook", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    ds = prepare_dataset(args.data)
+    print(
+        f"data: {len(ds.papers)} rows, {len(ds.labels)} labels, {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    train_x, train_y = ds.texts(ds.train_idx), ds.y(ds.train_idx)
+    test_x, test_y = ds.texts(ds.test_idx), ds.y(ds.test_idx)
+    results: dict[str, object] = {
+        "rows": len(ds.papers),
+        "labels": len(ds.labels),
+        "train_rows": len(train_x),
+        "test_rows": len(test_x),
+    }
+
+    if not args.skip_notebook:
+        t0 = time.perf_counter()
+        notebook = NotebookPipeline(ds.labels).fit(train_x, train_y)
+        train_s = time.perf_counter() - t0
+        m = evaluate(notebook, test_x, test_y)
+        results["notebook_tfidf_lr"] = {
+            "train_seconds": round(train_s, 1),
+            **{k: m[k] for k in ("top1", "top5", "macro_f1", "weighted_f1")},
+        }
+        print(f"notebook: {results['notebook_tfidf_lr']}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    model = TfidfClassifier.train(
+        train_x, train_y, ds.labels, progress=lambda s: print(s, file=sys.stderr)
+    )
+    train_s = time.perf_counter() - t0
+    m = evaluate(model, test_x, test_y)
+    single = []
+    for text in test_x[:500]:
+        s0 = time.perf_counter()
+        model.classify(text)
+        single.append(time.perf_counter() - s0)
+    results["tfidf"] = {
+        "train_seconds": round(train_s, 1),
+        **{k: m[k] for k in ("top1", "top5", "macro_f1", "weighted_f1")},
+        "batched_ms_per_abstract": round(m["inference_ms_per_text"], 4),
+        "single_ms_per_abstract_median": round(float(np.median(single)) * 1000, 3),
+        "worst_classes": m["worst_classes"],
+        "confused_pairs": m["confused_pairs"],
+    }
+    print(f"tfidf: top1 {m['top1']:.4f} top5 {m['top5']:.4f}", file=sys.stderr)
+
+    if args.bert_dir:
+        from fallback_models.bert import BertClassifier
+
+        bert = BertClassifier.load(args.bert_dir)
+        idx = list(range(len(test_x)))
+        if args.max_bert_test and args.max_bert_test < len(idx):
+            idx = sorted(
+                np.random.default_rng(ds.seed).choice(idx, args.max_bert_test, replace=False)
+            )
+        bm = evaluate(bert, [test_x[i] for i in idx], [test_y[i] for i in idx], batch=256)
+        manifest = json.loads((args.bert_dir / "manifest.json").read_text())
+        results["bert"] = {
+            "device": bert.device,
+            "trained": {
+                k: manifest["metrics"].get(k) for k in ("train_rows", "train_seconds", "device")
+            },
+            "test_rows": len(idx),
+            **{k: bm[k] for k in ("top1", "top5", "macro_f1", "weighted_f1")},
+            "batched_ms_per_abstract": round(bm["inference_ms_per_text"], 3),
+            "worst_classes": bm["worst_classes"][:5],
+        }
+    emit("fallback_accuracy", results)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
