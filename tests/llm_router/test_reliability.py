@@ -178,7 +178,7 @@ CHILD = textwrap.dedent(
     from llm_router.labels import LabelSet
     from llm_router.router import llm_classifier
     labels = LabelSet.full_taxonomy()
-    settings = Settings(api_key="k", base_url=sys.argv[1], cache_dir=sys.argv[2], retry_max_wait_s=0)
+    settings = Settings(api_key="k", base_url=sys.argv[1], cache_dir=sys.argv[2])
     router = Router([llm_classifier(settings, labels)])
     out = [router.classify(f"shared text [{i}]").label for i in range(int(sys.argv[3]))]
     print(json.dumps(out))
