@@ -97,10 +97,10 @@ def build_systems(
                 continue
             systems.append(System(name, model, batch=getattr(model, "classify_batch", None)))
         elif name == "llm":
-            llm = llm_classifier(settings, labels, budget, limiter)
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
+                llm = llm_classifier(settings, labels, budget, limiter)
                 systems.append(
                     System(
                         name, Router([llm], max_input_chars=settings.max_input_chars), uses_llm=True

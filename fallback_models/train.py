@@ -127,7 +127,9 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
     from fallback_models.tfidf import TfidfClassifier, TfidfConfig
 
     config = config or TfidfConfig()
-    stages = tqdm(total=4, desc="tfidf", unit="stage")
+    stages = tqdm(
+        total=4 + (config.mlp_epochs if config.mlp_hidden else 0), desc="tfidf", unit="stage"
+    )
 
     def progress(message: str) -> None:
         stages.set_postfix_str(message)

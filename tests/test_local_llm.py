@@ -46,9 +46,23 @@ def llama_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias",
-         "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
@@ -71,8 +85,14 @@ def llama_server():
 def test_route_through_a_real_local_model(llama_server, trained_models, tmp_path):
     proc, url = llama_server
     settings = Settings(
-        api_key="local", base_url=url, model="smollm2", structured_output="json_object",
-        timeout_s=180, max_attempts=1, cache_dir=tmp_path / "cache", model_dir=trained_models,
+        api_key="local",
+        base_url=url,
+        model="smollm2",
+        structured_output="json_object",
+        timeout_s=180,
+        max_attempts=1,
+        cache_dir=tmp_path / "cache",
+        model_dir=trained_models,
         fallbacks="tfidf",
     )
     router = Router.from_settings(settings)
