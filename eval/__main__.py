@@ -214,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
             before = budget.snapshot()
             outcomes[system.name] = _run_one(system, rows, args.concurrency, stop, budget)
             spent[system.name] = _spent(before, budget.snapshot())
+            if stop.is_set():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         status = "interrupted"
         print(

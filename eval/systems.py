@@ -142,7 +142,8 @@ def run_concurrent(
     stop: threading.Event,
 ) -> list[Outcome]:
     """A system that may call the endpoint: ``concurrency`` rows at a time, in row order in
-    the result. When ``stop`` is set, rows not yet started are skipped (a partial run)."""
+    the result. Ctrl-C sets ``stop``: rows not yet started are skipped, rows in flight finish
+    (their answers are cached), and the partial result is returned."""
     assert system.classifier is not None
     classifier = system.classifier
 
@@ -174,9 +175,13 @@ def run_concurrent(
                 on_done(outcome)
     except KeyboardInterrupt:
         stop.set()
-        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    for future, i in futures.items():  # rows that were in flight at Ctrl-C finished meanwhile
+        if i not in results and future.done() and not future.cancelled():
+            late = future.result()
+            if late is not None:
+                results[i] = late
     return [results[i] for i in sorted(results)]
 
 

@@ -50,7 +50,7 @@ class TfidfConfig:
     min_df: int = 2
     c: float = 0.5
     mlp_hidden: int = 256  # 0: SVM only
-    mlp_epochs: int = 3
+    mlp_epochs: int = 4
     mlp_batch_size: int = 256
     mlp_learning_rate: float = 2e-3
     mlp_dropout: float = 0.3

@@ -220,3 +220,45 @@ def test_the_key_appears_in_no_report_file(env, server, tmp_path, sample_file):
     for path in (tmp_path / "cache").rglob("*"):
         if path.is_file():
             assert TEST_KEY.encode() not in path.read_bytes()
+
+
+def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_path, sample_file):
+    import signal
+    import time
+
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    server.default = lambda _body: Reply.answer("cs.LG", delay_s=0.3)
+    out = tmp_path / "run"
+    args = [
+        "--n",
+        "30",
+        "--data",
+        str(sample_file),
+        "--systems",
+        "llm",
+        "--rpm",
+        "6000",
+        "--concurrency",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eval", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while server.count < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    report = read_report(out)
+    done = report["systems"]["llm"]["rows"]
+    assert report["status"] == "interrupted" and 3 <= done < 30
+    sent = server.count
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    again = read_report(tmp_path / "again")["systems"]["llm"]
+    assert again["rows"] == 30 and again["cache_hits"] >= done
+    assert server.count - sent == 30 - again["cache_hits"]
