@@ -48,6 +48,14 @@ def library_versions(*names: str) -> dict[str, str]:
     return found
 
 
+def clear_directory(directory: Path) -> None:
+    """Create ``directory``, or empty it of files before a model is saved there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():
+        if stale.is_file():
+            stale.unlink()
+
+
 def write_manifest(directory: Path, kind: str, labels: LabelSet, **fields: Any) -> dict[str, Any]:
     """Write ``manifest.json`` listing the sha256 of every other file in ``directory``."""
     files = {

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fallback_models.artifacts import verify_artifacts, write_manifest
+from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
+from fallback_models.topk import TOP_K, classifications
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
-from llm_router.schemas import Candidate, Classification
+from llm_router.schemas import Classification
 
 if TYPE_CHECKING:
     pass
 
 logger = logging.getLogger(__name__)
 
-TOP_K = 5
 HUB_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -200,20 +200,10 @@ class BertClassifier:
         started = time.perf_counter()
         proba = self.predict_proba(texts)
         per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        k = min(top_k, proba.shape[1])
-        top = np.argsort(-proba, axis=1)[:, :k]
-        return [
-            Classification(
-                label=self.labels.labels[idx[0]],
-                source=self.name,
-                candidates=[
-                    Candidate(label=self.labels.labels[i], score=float(row[i])) for i in idx
-                ],
-                latency_ms=per_text_ms,
-                model=f"bert:{Path(self.config.base_model).name}",
-            )
-            for row, idx in zip(proba, top, strict=True)
-        ]
+        model = f"bert:{Path(self.config.base_model).name}"
+        return classifications(
+            proba, self.labels, source=self.name, model=model, latency_ms=per_text_ms, top_k=top_k
+        )
 
     def classify(self, text: str) -> Classification:
         return self.classify_batch([text])[0]
@@ -223,10 +213,7 @@ class BertClassifier:
         """Write safetensors weights, tokenizer JSON files and the manifest."""
         import json
 
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.iterdir():
-            if stale.is_file():
-                stale.unlink()
+        clear_directory(directory)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / "bert_config.json").write_text(json.dumps(asdict(self.config), indent=2))

@@ -27,14 +27,14 @@ from scipy.special import log_softmax, softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
-from fallback_models.artifacts import verify_artifacts, write_manifest
+from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
+from fallback_models.topk import TOP_K, classifications
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
-from llm_router.schemas import Candidate, Classification
+from llm_router.schemas import Classification
 
 logger = logging.getLogger(__name__)
 
-TOP_K = 5
 _VECTOR_KEYS = ("word", "char")
 
 
@@ -277,21 +277,10 @@ class TfidfClassifier:
         started = time.perf_counter()
         proba = self.predict_proba(texts)
         per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        k = min(top_k, proba.shape[1])
-        top = np.argsort(-proba, axis=1)[:, :k]
-        results = []
-        for row, idx in zip(proba, top, strict=True):
-            candidates = [Candidate(label=self.labels.labels[i], score=float(row[i])) for i in idx]
-            results.append(
-                Classification(
-                    label=candidates[0].label,
-                    source=self.name,
-                    candidates=candidates,
-                    latency_ms=per_text_ms,
-                    model="tfidf-svm+mlp" if self.mlp is not None else "tfidf-svm",
-                )
-            )
-        return results
+        model = "tfidf-svm+mlp" if self.mlp is not None else "tfidf-svm"
+        return classifications(
+            proba, self.labels, source=self.name, model=model, latency_ms=per_text_ms, top_k=top_k
+        )
 
     def classify(self, text: str) -> Classification:
         return self.classify_batch([text])[0]
@@ -299,10 +288,7 @@ class TfidfClassifier:
     # -- storage ----------------------------------------------------------------------------
     def save(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
         """Write the model as JSON + ``.npz`` and a manifest with every file's sha256."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.iterdir():
-            if stale.is_file():
-                stale.unlink()
+        clear_directory(directory)
         vocab = {}
         arrays: dict[str, np.ndarray] = {
             "coef": np.ascontiguousarray(self.coef.astype(np.float16)),
