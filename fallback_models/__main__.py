@@ -47,7 +47,8 @@ def _summary(manifest: dict[str, Any]) -> str:
     m = manifest["metrics"]
     lines = [
         f"{manifest['kind']}: {len(manifest['label_set']['labels'])} labels, "
-        f"trained on {manifest['split']['train_rows']:,} rows in {m['train_seconds']} s",
+        f"trained on {m.get('train_rows', manifest['split']['train_rows']):,} rows "
+        f"in {m['train_seconds']} s",
         f"test ({m['test_rows']:,} rows): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
         f"macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}  "
         f"{m['inference_ms_per_text']:.3f} ms/text",
