@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--bert-dir", type=Path, help="a trained bert model to evaluate too")
     parser.add_argument("--max-bert-test", type=int, help="evaluate BERT on a seeded subset")
     parser.add_argument("--skip-notebook", action="store_true")
+    parser.add_argument(
+        "--tfidf-dir", type=Path, help="evaluate this trained tfidf model instead of training one"
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 

@@ -185,7 +185,8 @@ class TfidfClassifier:
     ) -> None:
         self.labels = labels
         self.vectorizers = vectorizers
-        self.coef = coef  # (n_features, n_labels), float32, column-major for X @ coef
+        # (n_features, n_labels) float32 in C order: scipy copies any other layout per call.
+        self.coef = coef
         self.intercept = intercept
         self.temperature = temperature
         self.config = config
@@ -244,7 +245,7 @@ class TfidfClassifier:
             intercept[classes] = svm.intercept_
         # Stored as float16: quantise now, so the saved model is exactly the trained one.
         coef = coef.astype(np.float16).astype(np.float32)
-        model = cls(labels, vectorizers, np.asfortranarray(coef), intercept, 1.0, config, mlp)
+        model = cls(labels, vectorizers, np.ascontiguousarray(coef), intercept, 1.0, config, mlp)
         if len(cal_idx):
             say(f"calibrating on {len(cal_idx):,} held-out rows")
             x_cal = model.transform([texts[int(i)] for i in cal_idx])
@@ -339,7 +340,7 @@ class TfidfClassifier:
                 )
                 vec.idf_ = arrays[f"idf_{kind}"]
                 vectorizers[kind] = vec
-            coef = np.asfortranarray(arrays["coef"].astype(np.float32))
+            coef = np.ascontiguousarray(arrays["coef"].astype(np.float32))
             mlp = None
             if "mlp_w1" in arrays:
                 mlp = MLPHead(
