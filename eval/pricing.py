@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -33,9 +34,10 @@ def fetch_price_per_mtok(settings: Settings, timeout_s: float = 5.0) -> float | 
         if isinstance(model, dict) and model.get("id") == settings.model:
             pricing = model.get("pricing") or {}
             try:
-                return float(pricing.get("prompt", "nan")) * 1e6
-            except (TypeError, ValueError):
-                return None
+                price = float(pricing["prompt"]) * 1e6
+            except (KeyError, TypeError, ValueError):
+                return None  # e.g. a llama.cpp server lists the model without a price
+            return price if math.isfinite(price) and price >= 0 else None
     return None
 
 

@@ -262,3 +262,11 @@ def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_p
     again = read_report(tmp_path / "again")["systems"]["llm"]
     assert again["rows"] == 30 and again["cache_hits"] >= done
     assert server.count - sent == 30 - again["cache_hits"]
+
+
+def test_a_model_list_without_prices_gives_no_price(server):
+    from eval.pricing import fetch_price_per_mtok
+    from llm_router import Settings
+
+    # The scripted server answers GET /models with 501: no price, and no crash.
+    assert fetch_price_per_mtok(Settings(api_key="k", base_url=server.url)) is None
