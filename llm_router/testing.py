@@ -148,6 +148,16 @@ class ChatServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
+            def do_GET(self) -> None:  # noqa: N802 - a model list like llama.cpp's: no prices
+                payload = json.dumps(
+                    {"object": "list", "data": [{"id": "scripted-model", "object": "model"}]}
+                ).encode()
+                self.send_response(200 if self.path.rstrip("/").endswith("/models") else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 if server._httpd is None:  # stopped: drop kept-alive connections too
                     self.close_connection = True
