@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
 
 from eval.sampling import Row
 from llm_router.budget import Budget
@@ -183,13 +182,3 @@ def run_concurrent(
             if late is not None:
                 results[i] = late
     return [results[i] for i in sorted(results)]
-
-
-def summarise_usage(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    return {
-        "requests": sum(o.requests for o in outcomes),
-        "prompt_tokens": sum(o.prompt_tokens for o in outcomes),
-        "completion_tokens": sum(o.completion_tokens for o in outcomes),
-        "cost_usd": round(sum(o.cost_usd for o in outcomes), 6),
-        "cache_hits": sum(o.cached for o in outcomes),
-    }
