@@ -212,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{system.name}: unavailable ({system.unavailable})", file=sys.stderr)
                 continue
             before = budget.snapshot()
-            outcomes[system.name] = _run_one(system, rows, args.concurrency, stop, budget)
-            spent[system.name] = _spent(before, budget.snapshot())
+            try:
+                outcomes[system.name] = _run_one(system, rows, args.concurrency, stop, budget)
+            finally:  # an interrupted system still reports what it spent
+                spent[system.name] = _spent(before, budget.snapshot())
             if stop.is_set():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -240,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         elif system.name in outcomes:
             report["systems"][system.name] = system_figures(
                 outcomes[system.name],
-                spent.get(system.name, _spent(budget.snapshot(), budget.snapshot())),
+                spent[system.name],
             )
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     written = write_report(out, report, outcomes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,7 +152,7 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
     return model.save(
         out,
         **dataset.manifest_fields(),
-        config=_asdict(config),
+        config=asdict(config),
         metrics=metrics,
         library_versions=library_versions("scikit-learn", "numpy", "scipy"),
     )
@@ -200,13 +200,7 @@ def train_bert(
     return model.save(
         out,
         **dataset.manifest_fields(),
-        config=_asdict(config),
+        config=asdict(config),
         metrics=metrics,
         library_versions=library_versions("torch", "transformers", "tokenizers", "safetensors"),
     )
-
-
-def _asdict(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
