@@ -18,15 +18,17 @@ from typing import Any, NoReturn
 
 from tqdm.auto import tqdm
 
-from eval.pricing import estimate, fetch_price_per_mtok
+from eval.pricing import estimate, fetch_price, parse_price
 from eval.report import system_figures, table, write_report
 from eval.sampling import stratified_sample
 from eval.systems import ALL_SYSTEMS, Outcome, System, build_systems, run_concurrent, run_local
 from fallback_models.artifacts import deployed_label_set, read_manifest, test_ids
 from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
-from llm_router.budget import Budget
+from llm_router.budget import Budget, Price
+from llm_router.chain import Chain
 from llm_router.errors import RouterError
 from llm_router.ratelimit import RateLimiter
+from llm_router.redact import redact_url
 from llm_router.settings import Settings
 
 logger = logging.getLogger("eval")
@@ -64,9 +66,9 @@ def _parser() -> _Parser:
     p.add_argument("--max-cost-usd", type=float, default=1.0, help="USD allowed in all (default 1)")
     p.add_argument(
         "--price-per-mtok",
-        type=float,
-        help="USD per million tokens, for --estimate and the cost budget "
-        "(default: the endpoint's model list when reachable)",
+        metavar="PROMPT[,COMPLETION]",
+        help="USD per million prompt (and completion) tokens, for --estimate and the cost "
+        "budget; 0 for a free local server (default: the endpoint's model list)",
     )
     p.add_argument(
         "--rpm",
@@ -110,6 +112,11 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise UsageError("--rpm must be positive")
     if args.max_cost_usd is not None and args.max_cost_usd < 0:
         raise UsageError("--max-cost-usd must not be negative")
+    if args.price_per_mtok is not None:
+        try:
+            args.price_per_mtok = parse_price(args.price_per_mtok)
+        except ValueError as exc:
+            raise UsageError(f"--price-per-mtok: {exc}") from None
     return list(dict.fromkeys(systems))
 
 
@@ -149,7 +156,7 @@ def _held_out_ids(args: argparse.Namespace, settings: Settings) -> set[str]:
 
 def _settings_summary(settings: Settings) -> dict[str, Any]:
     return {
-        "base_url": settings.endpoint,
+        "base_url": redact_url(settings.endpoint),
         "model": settings.model,
         "prompt": settings.prompt,
         "structured_output": settings.structured_output,
@@ -176,13 +183,20 @@ def run(args: argparse.Namespace) -> int:
     if len(rows) < args.n:
         print(f"note: only {len(rows)} held-out rows available", file=sys.stderr)
 
-    price = args.price_per_mtok
+    price: Price | None = args.price_per_mtok
     if (
         price is None
         and settings.api_key is not None
         and (args.estimate or args.max_cost_usd is not None)
     ):
-        price = fetch_price_per_mtok(settings)
+        price = fetch_price(settings)
+        if price is None and not args.estimate:
+            print(
+                f"note: no price known for {settings.model}: under --max-cost-usd requests go "
+                "one at a time until the endpoint reports a cost (give --price-per-mtok; 0 "
+                "for a free local server)",
+                file=sys.stderr,
+            )
     llm_systems = sum(s in ("router", "llm") for s in systems_wanted) if settings.api_key else 0
     if args.estimate:
         projected = estimate([r.paper.text for r in rows], settings, labels, llm_systems, price)
@@ -195,10 +209,10 @@ def run(args: argparse.Namespace) -> int:
         max_requests=args.max_requests if args.max_requests is not None else 3 * len(rows),
         max_tokens=args.max_tokens,
         max_cost_usd=args.max_cost_usd,
-        price_per_mtok=price or 0.0,
+        price=price,
     )
-    limiter = RateLimiter(args.rpm)
-    systems = build_systems(systems_wanted, settings, labels, budget, limiter)
+    limiter = RateLimiter(args.rpm, max_pause_s=settings.retry_after_max_s)
+    systems, chain = build_systems(systems_wanted, settings, budget, limiter)
     # The LLM alone first: the router then finds its answers in the cache, paying once.
     order = sorted(systems, key=lambda s: ("llm", "router", "bert", "tfidf").index(s.name))
     outcomes: dict[str, list[Outcome]] = {}
@@ -234,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         "budget": budget.snapshot(),
         "rpm": args.rpm,
         "concurrency": args.concurrency,
+        "llm_link": _llm_link_state(chain),
         "systems": {},
     }
     for system in systems:
@@ -249,6 +264,21 @@ def run(args: argparse.Namespace) -> int:
     print(table(report))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0 if status == "completed" else 130
+
+
+def _llm_link_state(chain: Chain) -> dict[str, Any]:
+    """What the shared LLM link went through: circuit-breaker trips (and the failure that
+    caused them) and disk-cache writes that were skipped."""
+    state: dict[str, Any] = {}
+    cache = getattr(chain.llm, "cache", None)
+    if cache is not None:
+        state["cache"] = dict(cache.stats)
+    llm = getattr(chain.llm, "inner", chain.llm)
+    breaker = getattr(llm, "breaker", None)
+    if breaker is not None:
+        state["breaker_trips"] = breaker.trips
+        state["breaker_cause"] = breaker.cause
+    return state
 
 
 def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

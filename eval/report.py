@@ -88,7 +88,22 @@ def table(report: dict[str, Any]) -> str:
             f"| {figures['requests']} | {figures['tokens']} | {figures['cost_usd']:.4f} "
             f"| {figures['cache_hits']} | {detail} |"
         )
-    return "\n".join(lines)
+    notes = link_notes(report.get("llm_link", {}))
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def link_notes(link: dict[str, Any]) -> list[str]:
+    """Lines about the shared LLM link: why it was switched off, cache writes skipped."""
+    notes = []
+    if link.get("breaker_trips"):
+        notes.append(
+            f"LLM switched off {link['breaker_trips']}× by the circuit breaker, last after "
+            f"{link['breaker_cause']} (rows after that say circuit_open)"
+        )
+    bypassed = link.get("cache", {}).get("bypassed_writes", 0)
+    if bypassed:
+        notes.append(f"{bypassed} answer(s) not cached: the disk cache was unavailable")
+    return notes
 
 
 def write_report(

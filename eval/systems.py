@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -12,11 +11,11 @@ from dataclasses import dataclass, field
 
 from eval.sampling import Row
 from llm_router.budget import Budget
+from llm_router.chain import Chain, build_chain
 from llm_router.classifier import Classifier
-from llm_router.errors import AllClassifiersFailed, ClassifierError
-from llm_router.labels import LabelSet
+from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
 from llm_router.ratelimit import RateLimiter
-from llm_router.router import LazyClassifier, Router, llm_classifier
+from llm_router.router import Router
 from llm_router.schemas import Classification
 from llm_router.settings import Settings
 
@@ -77,20 +76,16 @@ class System:
 
 
 def build_systems(
-    names: Sequence[str], settings: Settings, labels: LabelSet, budget: Budget, limiter: RateLimiter
-) -> list[System]:
-    """Construct each requested system; one that cannot run says why."""
-    from fallback_models.artifacts import load_local_classifier
-
+    names: Sequence[str], settings: Settings, budget: Budget, limiter: RateLimiter
+) -> tuple[list[System], Chain]:
+    """Construct each requested system from one chain (the same LLM link, cache, breaker
+    and local models as the router); one that cannot run says why."""
+    chain = build_chain(settings, budget=budget, limiter=limiter)
     systems: list[System] = []
-    local = {
-        kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
-        for kind in ("bert", "tfidf")
-    }
     for name in names:
-        if name in local:
+        if name in chain.local:
             try:
-                model = local[name].get()
+                model = chain.local[name].get()
             except ClassifierError as exc:
                 systems.append(System(name, unavailable=f"{exc.reason}: {exc.args[0]}"))
                 continue
@@ -99,38 +94,51 @@ def build_systems(
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
-                llm = llm_classifier(settings, labels, budget, limiter)
-                systems.append(
-                    System(
-                        name, Router([llm], max_input_chars=settings.max_input_chars), uses_llm=True
-                    )
-                )
+                router = Router([chain.llm], max_input_chars=settings.max_input_chars)
+                systems.append(System(name, router, uses_llm=True))
         elif name == "router":
-            chain: list[Classifier] = [llm_classifier(settings, labels, budget, limiter)]
-            chain += [local[k] for k in settings.fallbacks]
-            systems.append(
-                System(
-                    name,
-                    Router(chain, max_input_chars=settings.max_input_chars),
-                    uses_llm=settings.api_key is not None,
-                )
-            )
-    return systems
+            router = Router(chain.classifiers(), max_input_chars=settings.max_input_chars)
+            systems.append(System(name, router, uses_llm=settings.api_key is not None))
+    return systems, chain
 
 
 def run_local(system: System, rows: Sequence[Row], batch_size: int = 256) -> list[Outcome]:
-    """A local model: batched, no network."""
+    """No network: a local model in batches, or a router whose chain has no LLM. A row that
+    nothing could answer is counted as failed, with its reason."""
     assert system.classifier is not None
     outcomes: list[Outcome] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         texts = [r.paper.text for r in chunk]
+        results: Sequence[Classification | Exception]
         if system.batch is not None:
             results = system.batch(texts)
+        elif isinstance(system.classifier, Router):
+            results = system.classifier.classify_many(texts, concurrency=1, return_exceptions=True)
         else:
-            results = [system.classifier.classify(t) for t in texts]
-        outcomes += [Outcome.of(r, c, c.latency_ms) for r, c in zip(chunk, results, strict=True)]
+            results = [_classify_or_error(system.classifier, t) for t in texts]
+        for row, result in zip(chunk, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes.append(Outcome.failed(row, failure_reason(result), 0.0))
+            else:
+                outcomes.append(Outcome.of(row, result, result.latency_ms))
     return outcomes
+
+
+def _classify_or_error(classifier: Classifier, text: str) -> Classification | Exception:
+    try:
+        return classifier.classify(text)
+    except RouterError as exc:
+        return exc
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The short reason of a failed row (the first classifier's, for a whole chain)."""
+    if isinstance(exc, AllClassifiersFailed):
+        return exc.errors[0].reason if exc.errors else "failed"
+    if isinstance(exc, ClassifierError):
+        return exc.reason
+    return type(exc).__name__
 
 
 def run_concurrent(
@@ -152,11 +160,8 @@ def run_concurrent(
         started = time.perf_counter()
         try:
             result = classifier.classify(row.paper.text)
-        except AllClassifiersFailed as exc:
-            reason = exc.errors[0].reason if exc.errors else "failed"
-            return Outcome.failed(row, reason, (time.perf_counter() - started) * 1000)
-        except ClassifierError as exc:
-            return Outcome.failed(row, exc.reason, (time.perf_counter() - started) * 1000)
+        except (RouterError, TypeError, ValueError) as exc:
+            return Outcome.failed(row, failure_reason(exc), (time.perf_counter() - started) * 1000)
         return Outcome.of(row, result, (time.perf_counter() - started) * 1000)
 
     results: dict[int, Outcome] = {}

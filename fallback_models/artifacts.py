@@ -84,8 +84,9 @@ def read_manifest(directory: Path, kind: str | None = None) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise ModelNotAvailable(
-            f"no trained model at {directory} (run: python -m fallback_models train {name} "
-            "--data PATH)",
+            f"no trained {name} model in {directory.resolve()}: train one with 'python -m "
+            f"fallback_models train {name} --data PATH', or set LLM_ROUTER_MODEL_DIR to the "
+            f"folder that holds {name}/",
             classifier=name,
             reason="missing_artifacts",
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -88,6 +89,9 @@ class BertClassifier:
         self.labels = labels
         self.model = model
         self.tokenizer = tokenizer
+        # A fast tokenizer sets its padding/truncation state on every call and is not
+        # thread-safe ("Already borrowed", huggingface/tokenizers#537): one call at a time.
+        self._tokenizer_lock = threading.Lock()
         self.config = config
         self.device = device
         self.metrics: dict[str, Any] = {}
@@ -182,13 +186,15 @@ class BertClassifier:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    truncation=True,
-                    max_length=self.config.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(self.device)
+                with self._tokenizer_lock:
+                    batch = self.tokenizer(
+                        [texts[i] for i in idx],
+                        truncation=True,
+                        max_length=self.config.max_length,
+                        padding=True,
+                        return_tensors="pt",
+                    )
+                batch = batch.to(self.device)
                 with torch.autocast(
                     device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")
                 ):

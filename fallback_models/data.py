@@ -7,12 +7,14 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import socket
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -42,8 +44,16 @@ class Paper:
 
 
 def is_local(source: str) -> bool:
-    """A path to a local file (by suffix or existence), as opposed to a hub id."""
-    return source.endswith(_LOCAL_SUFFIXES) or Path(source).exists()
+    """A path to a local file, as opposed to a hub id (``owner/name``).
+
+    Local: a known suffix, an existing path, or anything shaped like a path rather than an
+    id (absolute, ``./``, ``../``, ``~``, a backslash, or more than one ``/``).
+    """
+    if source.endswith(_LOCAL_SUFFIXES) or Path(source).exists():
+        return True
+    if source.startswith(("/", ".", "~")) or "\\" in source:
+        return True
+    return source.count("/") != 1
 
 
 def load_papers(source: str) -> list[Paper]:
@@ -56,7 +66,8 @@ def load_papers(source: str) -> list[Paper]:
         DataError: the file is missing or unreadable, a column is missing, or the hub is
             unreachable.
     """
-    records = _read_local(Path(source)) if is_local(source) else _read_hub(source)
+    local = is_local(source)
+    records = _read_local(Path(source).expanduser()) if local else _read_hub(source)
     papers: list[Paper] = []
     for n, row in enumerate(records, start=1):
         abstract = row.get("abstract")
@@ -122,9 +133,14 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     yield from table.to_pylist()
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub (``HF_ENDPOINT``, the variable huggingface_hub itself reads, else
+    huggingface.co) accepts a connection."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
+        with socket.create_connection((host, port), timeout=timeout_s):
             return True
     except OSError:
         return False

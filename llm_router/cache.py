@@ -11,24 +11,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import diskcache
-from diskcache.core import MODE_PICKLE
+from diskcache.core import MODE_RAW
 
 from llm_router.schemas import Classification, Usage
 
 logger = logging.getLogger(__name__)
 
-# A broken, locked, full or read-only cache directory: the cache is bypassed from then on.
+# A broken, locked, full or read-only cache directory: the cache is bypassed for a while.
 _STORE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
-# One undecodable entry (corrupt bytes, a refused pickle): that entry is dropped.
+# One undecodable or refused entry (corrupt bytes, a pickle, a file reference): dropped.
 _ENTRY_ERRORS = (zlib.error, ValueError, TypeError)
 _CACHE_ERRORS = _STORE_ERRORS + _ENTRY_ERRORS
+# Values are small JSON objects: always kept inside the database, never as separate files.
+_NEVER_A_FILE = 1 << 30
 
 
 class _JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
-    """diskcache's JSONDisk, refusing any entry marked as pickled.
+    """diskcache's JSONDisk, accepting only what this cache writes: raw JSON rows.
 
-    diskcache unpickles rows whose mode says so; a writable cache directory must not mean
-    code execution, so such rows are rejected instead of loaded.
+    diskcache unpickles rows whose mode says so, and reads (then, on delete, removes) the
+    file a row names, wherever it points. A writable cache directory must mean neither code
+    execution nor reading or deleting files elsewhere, so rows in any mode but raw are
+    refused, and no file outside the cache directory is ever removed.
     """
 
     def get(self, key: Any, raw: bool) -> Any:
@@ -37,38 +41,64 @@ class _JSONOnlyDisk(diskcache.JSONDisk):  # type: ignore[misc]
         return super().get(key, raw)
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == MODE_PICKLE:
-            raise ValueError("refusing a pickled cache value")
+        if mode != MODE_RAW:
+            raise ValueError(f"refusing a cache row stored in mode {mode} (only raw JSON)")
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path: str) -> None:
+        root = Path(self._directory).resolve()
+        target = (root / file_path).resolve()
+        if not target.is_relative_to(root) or target == root:
+            logger.warning("refusing to remove %s: outside the cache directory", file_path)
+            return
+        super().remove(file_path)
 
 
 class DiskCache:
-    """A JSON key-value store in a directory, opened lazily, bypassed after a failure."""
+    """A JSON key-value store in a directory, opened lazily, never fatal.
+
+    A failure of the store (locked, full, unreadable) bypasses the cache for a back-off
+    period (1 s, doubling up to 60 s), then it is tried again; ``stats`` counts the writes
+    that were skipped meanwhile.
+    """
 
     def __init__(self, directory: Path, *, timeout_s: float = 2.0) -> None:
         self.directory = Path(directory)
         self.timeout_s = timeout_s
+        self.stats = {"hits": 0, "misses": 0, "writes": 0, "bypassed_writes": 0}
         self._cache: diskcache.Cache | None = None
-        self._disabled = False
+        self._retry_at = 0.0
+        self._backoff_s = 0.0
         self._warned = False
         self._lock = threading.Lock()
 
     def _open(self) -> diskcache.Cache | None:
-        if self._cache is not None or self._disabled:
+        if self._cache is not None:
             return self._cache
+        if time.monotonic() < self._retry_at:
+            return None
         with self._lock:
-            if self._cache is None and not self._disabled:
+            if self._cache is None and time.monotonic() >= self._retry_at:
                 try:
                     self._cache = diskcache.Cache(
-                        str(self.directory), disk=_JSONOnlyDisk, timeout=self.timeout_s
+                        str(self.directory),
+                        disk=_JSONOnlyDisk,
+                        timeout=self.timeout_s,
+                        disk_min_file_size=_NEVER_A_FILE,
                     )
                 except _CACHE_ERRORS as exc:
-                    self._fail("open", exc, disable=True)
+                    self._fail("open", exc, store=True)
         return self._cache
 
-    def _fail(self, action: str, exc: BaseException, *, disable: bool) -> None:
-        if disable:
-            self._disabled = True
+    def _available(self) -> diskcache.Cache | None:
+        if time.monotonic() < self._retry_at:
+            return None
+        return self._open()
+
+    def _fail(self, action: str, exc: BaseException, *, store: bool) -> None:
+        if store:  # back off, then try again
+            self._backoff_s = min(60.0, max(1.0, self._backoff_s * 2))
+            self._retry_at = time.monotonic() + self._backoff_s
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -77,36 +107,43 @@ class DiskCache:
                 action,
                 type(exc).__name__,
                 exc,
-                "cache bypassed" if disable else "entry ignored",
+                "cache bypassed for now, retried later" if store else "entry ignored",
             )
+
+    def _ok(self) -> None:
+        self._backoff_s = 0.0
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored JSON object, or ``None`` on a miss or any failure."""
-        if self._disabled:
-            return None
-        cache = self._open()
+        cache = self._available()
         if cache is None:
             return None
         try:
             value = cache.get(key)
         except _CACHE_ERRORS as exc:
             broken = isinstance(exc, _STORE_ERRORS)
-            self._fail("read", exc, disable=broken)
+            self._fail("read", exc, store=broken)
             if not broken:
                 self.delete(key)
             return None
-        return value if isinstance(value, dict) else None
+        self._ok()
+        found = value if isinstance(value, dict) else None
+        self.stats["hits" if found is not None else "misses"] += 1
+        return found
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        if self._disabled:
-            return
-        cache = self._open()
+        cache = self._available()
         if cache is None:
+            self.stats["bypassed_writes"] += 1
             return
         try:
             cache.set(key, value)
         except _CACHE_ERRORS as exc:
-            self._fail("write", exc, disable=isinstance(exc, _STORE_ERRORS))
+            self.stats["bypassed_writes"] += 1
+            self._fail("write", exc, store=isinstance(exc, _STORE_ERRORS))
+            return
+        self._ok()
+        self.stats["writes"] += 1
 
     def delete(self, key: str) -> None:
         cache = self._cache
@@ -115,7 +152,7 @@ class DiskCache:
         try:
             cache.delete(key)
         except _CACHE_ERRORS as exc:
-            self._fail("delete", exc, disable=isinstance(exc, _STORE_ERRORS))
+            self._fail("delete", exc, store=isinstance(exc, _STORE_ERRORS))
 
     def close(self) -> None:
         if self._cache is not None:

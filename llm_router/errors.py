@@ -11,20 +11,25 @@
     ├── AllClassifiersFailed     has .errors: list[ClassifierError], one per classifier
     └── BudgetExceeded           a request would exceed the call, token or USD budget
 
-``reason`` is a short machine-readable word (``no_api_key``, ``timeout``, ``http_502``,
-``rate_limited``, ``invalid_label``, ``budget``, ``missing_artifacts``, ...) that ends up in
-``Classification.fallback_reason`` and in evaluation reports.
+``reason`` is a short machine-readable word (a :class:`~llm_router.reasons.Reason`, or
+``http_<status>``) that ends up in ``Classification.fallback_reason`` and in reports.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm_router.schemas import Usage
 
 
 class RouterError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class ConfigError(RouterError):
-    """Invalid settings or an unknown prompt version."""
+class ConfigError(RouterError, ValueError):
+    """Invalid settings or an unknown prompt version; the message is one line that names the
+    environment variable and what it accepts. CLIs turn it into exit code 2."""
 
 
 class ClassifierError(RouterError):
@@ -33,7 +38,8 @@ class ClassifierError(RouterError):
     def __init__(self, message: str, *, classifier: str, reason: str) -> None:
         super().__init__(message)
         self.classifier = classifier
-        self.reason = reason
+        self.reason = str(reason)  # a plain string, also when given a Reason
+        self.usage: Usage | None = None  # what the failed attempts spent (the LLM's)
 
     def __str__(self) -> str:
         return f"[{self.classifier}: {self.reason}] {self.args[0]}"
@@ -48,12 +54,14 @@ class LLMUnavailable(ClassifierError):
         *,
         reason: str,
         classifier: str = "llm",
+        status: int | None = None,
         retry_after_s: float | None = None,
         transient: bool = False,
     ) -> None:
         super().__init__(message, classifier=classifier, reason=reason)
+        self.status = status  # the HTTP status, when the endpoint sent one
         self.retry_after_s = retry_after_s
-        self.transient = transient
+        self.transient = transient  # worth retrying: timeout, connection, 429, 5xx, bad body
 
 
 class LLMResponseInvalid(ClassifierError):

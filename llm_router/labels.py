@@ -22,6 +22,9 @@ MIN_ROWS = 100
 
 _STRIP_CHARS = " \t\r\n\"'`*.,;:()[]{}<>«»“”‘’"
 _DASHES = re.compile(r"\s+[—–-]\s+|:\s+")
+# Dotted or hyphenated arXiv codes inside free text (cs.CV, math-ph, hep-th); plain archive
+# words such as "physics" are left alone, as they also occur in category names.
+_CODE = re.compile(r"\b[a-z]+(?:-[a-z]+)?\.[A-Za-z-]+\b|\b[a-z]+-[a-z]+\b")
 
 
 def canonical_code(raw: str) -> str:
@@ -155,6 +158,24 @@ class LabelSet:
             object.__setattr__(self, "_lookup_cache", cached)
         return cached
 
+    def _answer_target(self, raw: str) -> str | None:
+        """The label an answer naming the code ``raw`` stands for, or ``None``.
+
+        Unlike :meth:`to_deployed` (which must place every row of a data set), an answer is
+        only taken when it names a category precisely: an archive or group code that is not
+        itself a label (``astro-ph``, ``cond-mat``) is too coarse, and is never read as the
+        catch-all ``other``.
+        """
+        code = canonical_code(raw)
+        if code in self._index:
+            return code
+        if code in self.mapping:
+            return self.mapping[code]
+        if code in ARCHIVES or code not in CATEGORIES:
+            return None
+        archive = archive_of(code)
+        return archive if archive in self._index else None
+
     def _build_lookup(self) -> dict[str, str]:
         # Lower-cased code or name -> deployed label. A name shared by two deployed labels
         # is ambiguous and left out, so it can never pick a wrong class.
@@ -168,20 +189,34 @@ class LabelSet:
             add(label, label)
             add(display_name(label), label)
         for code, (name, _, _) in CATEGORIES.items():
-            deployed = self.to_deployed(code)
-            add(code, deployed)
-            if deployed is not None and archive_of(code) != deployed:
-                add(name, deployed)
+            target = self._answer_target(code)
+            add(code, target)
+            if target is not None and archive_of(code) != target:
+                add(name, target)
         for alias in ALIASES:
-            add(alias, self.to_deployed(alias))
+            add(alias, self._answer_target(alias))
         return {key: next(iter(v)) for key, v in candidates.items() if len(v) == 1}
+
+    def archive_hint(self, answer: str) -> str | None:
+        """For an answer that names a whole archive (``astro-ph``, ``Astrophysics``): one line
+        listing the labels of that archive, to send with the corrective re-ask."""
+        wanted = answer.strip().strip(_STRIP_CHARS).lower()
+        for archive, name in ARCHIVES.items():
+            if wanted in (archive.lower(), name.lower()):
+                codes = [label for label in self.labels if archive_of(label) == archive]
+                if codes and archive not in self._index:
+                    return f"{archive} is an archive, not a category: choose one of " + ", ".join(
+                        codes
+                    )
+        return None
 
     def parse_answer(self, answer: str) -> str | None:
         """Normalise a model's answer to a deployed label, or ``None`` when it is not one.
 
         Exact code first, then safe normalisation only: surrounding whitespace, quotes and
         punctuation, letter case, an echoed ``"code — name"`` line, an alias, or an arXiv name.
-        Never a substring search: an answer that merely contains a code is invalid.
+        Never a substring search: an answer that merely contains a code is invalid, and so is
+        one that names two different codes, or an archive that is not itself a label.
         """
         if answer in self._index:
             return answer
@@ -191,7 +226,13 @@ class LabelSet:
         found = self._lookup.get(text.lower())
         if found is not None:
             return found
-        head = _DASHES.split(text, maxsplit=1)[0].strip(_STRIP_CHARS)
-        if head != text:
-            return self._lookup.get(head.lower())
-        return None
+        parts = _DASHES.split(text, maxsplit=1)
+        head = parts[0].strip(_STRIP_CHARS)
+        if head == text:
+            return None
+        found = self._lookup.get(head.lower())
+        if found is None or len(parts) < 2:
+            return found
+        # "code — name" is an echo; a second, different code makes the answer ambiguous.
+        others = {canonical_code(c) for c in _CODE.findall(parts[1])} - {canonical_code(head)}
+        return None if any(c in CATEGORIES or c in ALIASES for c in others) else found

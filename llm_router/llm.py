@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import openai
@@ -20,54 +19,33 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from llm_router.breaker import CircuitBreaker
-from llm_router.budget import Budget, Reservation
-from llm_router.errors import BudgetExceeded, LLMResponseInvalid, LLMUnavailable
+from llm_router.breaker import CircuitBreaker, Outcome
+from llm_router.budget import Budget, Reservation, trusted_cost
+from llm_router.errors import BudgetExceeded, ClassifierError, LLMResponseInvalid, LLMUnavailable
 from llm_router.labels import LabelSet
 from llm_router.prompts import Prompt
 from llm_router.ratelimit import RateLimiter
+from llm_router.reasons import Reason
+from llm_router.redact import redact_url
 from llm_router.schemas import Candidate, Classification, Usage
 from llm_router.settings import Settings
+from llm_router.transport import AUTH_STATUS, Reply, post_chat
 
 logger = logging.getLogger(__name__)
-
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-_AUTH_STATUS = frozenset({401, 402})
 
 
 class _Answer(BaseModel):
     label: str
 
 
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
-        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
-
-
-def _is_transient(status: int) -> bool:
-    return status in _TRANSIENT_STATUS or status >= 500
-
-
 class LLMClassifier:
     """Classifies with a chat model at any OpenAI-compatible endpoint.
 
-    Every HTTP attempt (retries and the one corrective re-ask included) reserves the budget
-    and waits for the rate limiter before it is sent. Transient failures are retried by
-    tenacity only (the OpenAI client gets ``max_retries=0``); everything else raises a
-    :class:`~llm_router.errors.ClassifierError` at once, for the router to fall back.
+    Every HTTP attempt (retries and the one corrective re-ask included) goes through one
+    path, :meth:`_attempt`: circuit breaker → budget reservation → rate limiter → send →
+    settle, and its usage is added to the text's :class:`Usage`. Transient failures are
+    retried by tenacity only (the OpenAI client gets ``max_retries=0``); everything else
+    raises a :class:`~llm_router.errors.ClassifierError` at once, for the router to fall back.
     """
 
     name = "llm"
@@ -86,19 +64,20 @@ class LLMClassifier:
         self.settings = settings
         self.labels = labels
         self.prompt = prompt
-        self.limiter = limiter or RateLimiter(settings.rpm)
+        self.limiter = limiter or RateLimiter(settings.rpm, max_pause_s=settings.retry_after_max_s)
         self.budget = budget
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown_s, settings.auth_cooldown_s
         )
         self._system = prompt.system(labels)
         self._response_format = self._build_response_format()
-        self._client = client or self._build_client()
+        self._client: openai.OpenAI | None = client or self._build_client()
+        self._client_lock = threading.Lock()
         self.fingerprint = self._build_fingerprint()
 
     def _build_client(self) -> openai.OpenAI:
         if self.settings.api_key is None:
-            raise LLMUnavailable("no API key configured", reason="no_api_key")
+            raise LLMUnavailable("no API key configured", reason=Reason.NO_API_KEY)
         headers = {}
         if self.settings.http_referer:
             headers["HTTP-Referer"] = self.settings.http_referer
@@ -143,8 +122,17 @@ class LLMClassifier:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+        """Close the HTTP connection pool (a later call opens a new one)."""
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _http(self) -> openai.OpenAI:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._build_client()
+            return self._client
 
     def cache_key(self, text: str) -> str:
         """Key of ``text`` under everything that can change the answer (the text is hashed)."""
@@ -152,53 +140,54 @@ class LLMClassifier:
         return hashlib.sha256(f"{self.fingerprint}:{text_hash}".encode()).hexdigest()
 
     def classify(self, text: str) -> Classification:
-        """Ask the model for one label; raises a ClassifierError when it cannot give one."""
-        reason = self.breaker.open_reason()
-        if reason is not None:
-            raise LLMUnavailable(f"LLM switched off for now after {reason}", reason=reason)
+        """Ask the model for one label; raises a ClassifierError when it cannot give one.
+
+        The error carries ``usage``: what the failed attempts spent.
+        """
         started = time.perf_counter()
         text = text[: self.settings.max_input_chars]  # the label only needs the start
         messages: list[dict[str, str]] = [
             {"role": "system", "content": self._system},
             {"role": "user", "content": self.prompt.user(text)},
         ]
-        content, model, usage = self._complete(messages)
-        label = self._parse(content)
-        if label is None:
-            logger.info("llm answer was not an allowed label; asking once more")
-            messages.append({"role": "assistant", "content": (content or "")[:500]})
-            messages.append({"role": "user", "content": self.prompt.reask_text})
-            content, model, more = self._complete(messages)
-            usage = usage + more
-            label = self._parse(content)
+        spent: list[Usage] = []
+        try:
+            reply = self._complete(messages, spent)
+            label = self._parse(reply.content)
             if label is None:
-                raise LLMResponseInvalid(
-                    f"answer {(content or '')[:80]!r} is not an allowed label, twice"
-                )
+                logger.info("llm answer was not an allowed label; asking once more")
+                messages.append({"role": "assistant", "content": (reply.content or "")[:500]})
+                messages.append({"role": "user", "content": self._reask(reply.content)})
+                reply = self._complete(messages, spent)
+                label = self._parse(reply.content)
+                if label is None:
+                    raise LLMResponseInvalid(
+                        f"answer {(reply.content or '')[:80]!r} is not an allowed label, twice"
+                    )
+        except ClassifierError as exc:
+            exc.usage = _total(spent)
+            raise
         return Classification(
             label=label,
             source=self.name,
             candidates=[Candidate(label=label, score=1.0)],
             latency_ms=(time.perf_counter() - started) * 1000,
-            model=model,
+            model=reply.model or self.settings.model,
             prompt_version=self.prompt.version,
-            usage=usage,
+            usage=_total(spent),
         )
+
+    def _reask(self, content: str | None) -> str:
+        hint = self.labels.archive_hint(_bare_answer(content))
+        return f"{self.prompt.reask_text}\n{hint}" if hint else self.prompt.reask_text
 
     def _parse(self, content: str | None) -> str | None:
         if content is None:
             return None
-        text = content.strip()
-        if text.startswith("```"):  # a fenced block: ```json {...} ```
-            text = text.strip("`").removeprefix("json").strip()
-        if text.startswith("{"):
-            try:
-                text = _Answer.model_validate_json(text).label
-            except ValidationError:
-                return None
-        return self.labels.parse_answer(text)
+        return self.labels.parse_answer(_bare_answer(content))
 
-    def _complete(self, messages: list[dict[str, str]]) -> tuple[str | None, str, Usage]:
+    # -- one text's attempts ----------------------------------------------------------------
+    def _complete(self, messages: list[dict[str, str]], spent: list[Usage]) -> Reply:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
             wait=self._wait,
@@ -206,22 +195,102 @@ class LLMClassifier:
             before_sleep=self._log_retry,
             reraise=True,
         )
+        failures: list[LLMUnavailable] = []
         try:
-            result: tuple[str | None, str, Usage] = retrying(self._attempt, messages)
+            reply: Reply = retrying(self._attempt, messages, spent, failures)
         except LLMUnavailable as exc:
-            if exc.reason != "budget":
-                status = exc.reason.removeprefix("http_")
-                self.breaker.record_failure(
-                    exc.reason, auth=status.isdigit() and int(status) in _AUTH_STATUS
-                )
+            # A retry refused because the breaker opened meanwhile: the text's own failure
+            # (e.g. connection_error) is the better reason.
+            if exc.reason == Reason.CIRCUIT_OPEN and failures:
+                raise failures[-1] from None
             raise
-        self.breaker.record_success()
-        return result
+        return reply
+
+    def _attempt(
+        self,
+        messages: list[dict[str, str]],
+        spent: list[Usage],
+        failures: list[LLMUnavailable],
+    ) -> Reply:
+        """breaker → budget → rate limit → send → settle, for every HTTP attempt."""
+        probe = self.breaker.admit()
+        try:
+            reservation = self._reserve(messages)
+        except LLMUnavailable:
+            self.breaker.record(Outcome.NOT_SENT, Reason.BUDGET, probe=probe)
+            raise
+        self.limiter.acquire()
+        try:
+            self.breaker.recheck(probe)
+        except LLMUnavailable:
+            if self.budget is not None and reservation is not None:
+                self.budget.release(reservation)
+            raise
+        try:
+            reply = post_chat(self._http(), self._body(messages), self.settings.timeout_s)
+        except LLMUnavailable as exc:
+            failures.append(exc)
+            spent.append(Usage(requests=1))
+            self._settle_failed(reservation, exc)
+            self.breaker.record(_outcome(exc), exc.reason, probe=probe)
+            if exc.retry_after_s is not None:
+                self.limiter.slow_down(exc.retry_after_s)  # capped at RETRY_AFTER_MAX_S
+            raise
+        usage = reply.usage
+        spent.append(
+            Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=trusted_cost(usage.cost),
+                requests=1,
+            )
+        )
+        if self.budget is not None and reservation is not None:
+            self.budget.settle(
+                reservation, usage.prompt_tokens, usage.completion_tokens, usage.cost
+            )
+        self.breaker.record(Outcome.ANSWERED, "answered", probe=probe)
+        return reply
+
+    def _body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": messages,
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_completion_tokens,
+        }
+        if self._response_format is not None:
+            body["response_format"] = self._response_format
+        if "openrouter.ai" in self.settings.endpoint:
+            body["usage"] = {"include": True}  # ask OpenRouter for usage.cost
+        return body
+
+    def _reserve(self, messages: list[dict[str, str]]) -> Reservation | None:
+        if self.budget is None:
+            return None
+        # Upper estimate: ~3 characters per token, plus the whole completion allowance.
+        chars = sum(len(m["content"]) for m in messages)
+        try:
+            return self.budget.reserve(chars // 3, self.settings.max_completion_tokens)
+        except BudgetExceeded as exc:
+            raise LLMUnavailable(str(exc), reason=Reason.BUDGET) from exc
+
+    def _settle_failed(self, reservation: Reservation | None, exc: LLMUnavailable) -> None:
+        if self.budget is not None and reservation is not None:
+            # An HTTP error status was not billed; a timeout or a broken body may have been.
+            billed = exc.status is None or exc.reason == Reason.BAD_RESPONSE
+            self.budget.settle_failed(reservation, billed=billed)
 
     def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, LLMUnavailable) or not exc.transient:
             return False
-        return exc.retry_after_s is None or exc.retry_after_s <= self.settings.retry_after_max_s
+        if exc.retry_after_s is not None and exc.retry_after_s > self.settings.retry_after_max_s:
+            logger.info(
+                "Retry-After %.0f s is above LLM_ROUTER_RETRY_AFTER_MAX_S: not waiting",
+                exc.retry_after_s,
+            )
+            return False
+        return True
 
     def _wait(self, state: RetryCallState) -> float:
         base = wait_random_exponential(multiplier=0.5, max=self.settings.retry_max_wait_s)(state)
@@ -229,99 +298,39 @@ class LLMClassifier:
         retry_after = getattr(exc, "retry_after_s", None)
         return base if retry_after is None else max(base, float(retry_after))
 
-    @staticmethod
-    def _log_retry(state: RetryCallState) -> None:
+    def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        logger.info("llm attempt %d failed (%s); retrying", state.attempt_number, exc)
-
-    def _reserve(self, messages: list[dict[str, str]]) -> Reservation | None:
-        if self.budget is None:
-            return None
-        # Upper estimate: ~3 characters per token, plus the whole completion allowance.
-        chars = sum(len(m["content"]) for m in messages)
-        estimate = chars // 3 + self.settings.max_completion_tokens
-        try:
-            return self.budget.reserve(estimate)
-        except BudgetExceeded as exc:
-            raise LLMUnavailable(str(exc), reason="budget") from exc
-
-    def _attempt(self, messages: list[dict[str, str]]) -> tuple[str | None, str, Usage]:
-        reservation = self._reserve(messages)
-        self.limiter.acquire()
-        usage = Usage(requests=1)
-        try:
-            body = self._send(messages)
-            content, model, usage = self._read_body(body)
-            return content, model, usage
-        finally:
-            if reservation is not None and self.budget is not None:
-                self.budget.settle(
-                    reservation, usage.prompt_tokens + usage.completion_tokens, usage.cost_usd
-                )
-
-    def _send(self, messages: list[dict[str, str]]) -> Any:
-        kwargs: dict[str, Any] = {
-            "model": self.settings.model,
-            "messages": messages,
-            "temperature": self.settings.temperature,
-            "max_tokens": self.settings.max_completion_tokens,
-        }
-        if self._response_format is not None:
-            kwargs["response_format"] = self._response_format
-        if "openrouter.ai" in self.settings.endpoint:
-            kwargs["usage"] = {"include": True}  # ask OpenRouter for usage.cost
-        try:
-            # The SDK's low-level post: same auth, timeout and error mapping as
-            # chat.completions.create, without its per-call type transform of the request
-            # (~4 ms of Python for a 150-label schema) or response models: the body is
-            # validated here.
-            return self._client.post("/chat/completions", cast_to=object, body=kwargs)
-        except openai.APITimeoutError as exc:
-            raise _transient(f"no answer within {self.settings.timeout_s} s", "timeout") from exc
-        except openai.APIConnectionError as exc:
-            raise _transient("could not connect to the endpoint", "connection_error") from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            retry_after = _retry_after_s(exc.response.headers)
-            if status == 429 and retry_after:
-                self.limiter.slow_down(retry_after)
-            reason = "rate_limited" if status == 429 else f"http_{status}"
-            raise LLMUnavailable(
-                f"endpoint answered HTTP {status}",
-                reason=reason,
-                retry_after_s=retry_after,
-                transient=_is_transient(status),
-            ) from exc
-        except ValueError as exc:  # HTTP 200 whose body is not JSON
-            raise _transient("endpoint sent a body that is not JSON", "bad_response") from exc
-
-    def _read_body(self, body: Any) -> tuple[str | None, str, Usage]:
-        if not isinstance(body, dict):
-            raise _transient("endpoint sent an unexpected body", "bad_response")
-        error = body.get("error")
-        if error is not None:  # OpenRouter reports upstream failures as HTTP 200 + error
-            code = error.get("code") if isinstance(error, dict) else None
-            status = code if isinstance(code, int) else 502
-            raise LLMUnavailable(
-                f"endpoint returned an error body ({status})",
-                reason=f"http_{status}",
-                transient=_is_transient(status),
-            )
-        raw_usage = body.get("usage") or {}
-        cost = raw_usage.get("cost")
-        usage = Usage(
-            prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
-            completion_tokens=int(raw_usage.get("completion_tokens") or 0),
-            cost_usd=float(cost) if isinstance(cost, int | float) else None,
-            requests=1,
+        logger.info(
+            "llm attempt %d at %s failed (%s); retrying",
+            state.attempt_number,
+            redact_url(self.settings.endpoint),
+            exc,
         )
+
+
+def _outcome(exc: LLMUnavailable) -> Outcome:
+    if exc.status in AUTH_STATUS:
+        return Outcome.AUTH_FAILED
+    if exc.transient and exc.reason != Reason.BAD_RESPONSE:
+        return Outcome.FAILED
+    return Outcome.ANSWERED  # the endpoint is up: a 400/403/404 or a malformed body
+
+
+def _bare_answer(content: str | None) -> str:
+    """The label text inside a possibly fenced ``{"label": ...}`` answer."""
+    text = (content or "").strip()
+    if text.startswith("```"):  # a fenced block: ```json {...} ```
+        text = text.strip("`").removeprefix("json").strip()
+    if text.startswith("{"):
         try:
-            content = body["choices"][0]["message"].get("content")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _transient("endpoint sent no choices", "bad_response") from exc
-        model = body.get("model") or self.settings.model
-        return (content if isinstance(content, str) else None), str(model), usage
+            return _Answer.model_validate_json(text).label
+        except ValidationError:
+            return ""
+    return text
 
 
-def _transient(message: str, reason: str) -> LLMUnavailable:
-    return LLMUnavailable(message, reason=reason, transient=True)
+def _total(spent: list[Usage]) -> Usage:
+    total = Usage()
+    for usage in spent:
+        total = total + usage
+    return total

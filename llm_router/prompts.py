@@ -52,15 +52,29 @@ class Prompt:
         return Template(self.user_template).substitute(tag=tag, text=text)
 
 
+def prompt_path(version: str, root: Path | None = None) -> Path:
+    """The file of a prompt version.
+
+    Raises:
+        ConfigError: the version is malformed or its file does not exist.
+    """
+    if not _VERSION.match(version):
+        raise ConfigError(f"LLM_ROUTER_PROMPT must look like 'classify/v1', got {version!r}")
+    path = (root or prompts_root()) / f"{version}.md"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown prompt version {version!r} (LLM_ROUTER_PROMPT): {path} does not exist"
+        )
+    return path
+
+
 def load_prompt(version: str, root: Path | None = None) -> Prompt:
     """Read ``prompts/<version>.md`` (e.g. ``"classify/v1"``).
 
     Raises:
         ConfigError: the version is malformed, the file is missing or a section is absent.
     """
-    if not _VERSION.match(version):
-        raise ConfigError(f"prompt version must look like 'classify/v1', got {version!r}")
-    path = (root or prompts_root()) / f"{version}.md"
+    path = prompt_path(version, root)
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:

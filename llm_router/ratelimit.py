@@ -1,4 +1,5 @@
-"""A client-side requests-per-minute limit that holds across threads."""
+"""A client-side requests-per-minute limit that holds across threads, and honours
+``Retry-After``."""
 
 from __future__ import annotations
 
@@ -10,30 +11,32 @@ class RateLimiter:
     """Spaces requests at least ``60 / rpm`` seconds apart, with no burst.
 
     Each caller reserves the next free slot under a lock, then sleeps outside it, so many
-    threads share one schedule. ``rpm=None`` means no limit.
+    threads share one schedule. ``rpm=None`` means no spacing; a ``Retry-After`` from the
+    endpoint (:meth:`slow_down`) holds every later request back in both cases, by at most
+    ``max_pause_s``.
     """
 
-    def __init__(self, rpm: float | None) -> None:
+    def __init__(self, rpm: float | None, *, max_pause_s: float = 60.0) -> None:
         if rpm is not None and rpm <= 0:
             raise ValueError(f"rpm must be positive, got {rpm}")
         self.interval_s = 0.0 if rpm is None else 60.0 / rpm
+        self.max_pause_s = max_pause_s
         self._next = 0.0
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
         """Wait for this caller's slot; returns how long it waited, in seconds."""
-        if self.interval_s == 0.0:
-            return 0.0
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
-            self._next = slot + self.interval_s
+            self._next = max(self._next, slot + self.interval_s)
         wait = slot - now
         if wait > 0:
             time.sleep(wait)
         return wait
 
     def slow_down(self, seconds: float) -> None:
-        """Push every later slot back (after a 429 with ``Retry-After``)."""
+        """Push every later slot back by ``seconds`` (capped at ``max_pause_s``)."""
+        pause = min(seconds, self.max_pause_s)
         with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+            self._next = max(self._next, time.monotonic() + pause)

@@ -3,68 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, overload
 
 from llm_router.budget import Budget
-from llm_router.cache import CachedClassifier, DiskCache
+from llm_router.chain import LazyClassifier, Unavailable, build_chain, llm_classifier
 from llm_router.classifier import Classifier
-from llm_router.errors import AllClassifiersFailed, ClassifierError, LLMUnavailable
+from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
 from llm_router.inputs import prepare_text
-from llm_router.labels import LabelSet
-from llm_router.llm import LLMClassifier
-from llm_router.prompts import load_prompt
 from llm_router.ratelimit import RateLimiter
-from llm_router.schemas import Classification
+from llm_router.reasons import Reason
+from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings
+
+__all__ = ["LazyClassifier", "Router", "Unavailable", "aroute", "llm_classifier", "route"]
 
 logger = logging.getLogger(__name__)
 
 # Reasons that describe a standing condition rather than an incident: logged once, when
 # the chain is built or the model is first loaded, not for every text.
-_QUIET_REASONS = frozenset({"no_api_key", "missing_artifacts", "missing_dependency"})
-
-
-class Unavailable:
-    """A chain link that cannot answer at all (e.g. no API key): fails fast with its reason."""
-
-    def __init__(self, error: ClassifierError) -> None:
-        self.name = error.classifier
-        self.error = error
-
-    def classify(self, text: str) -> Classification:  # noqa: ARG002
-        raise self.error
-
-
-class LazyClassifier:
-    """Loads a local classifier on first use, once; a load failure is remembered."""
-
-    def __init__(self, name: str, load: Callable[[], Classifier]) -> None:
-        self.name = name
-        self._load = load
-        self._inner: Classifier | None = None
-        self._error: ClassifierError | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Classifier:
-        if self._inner is None:
-            with self._lock:
-                if self._inner is None and self._error is None:
-                    try:
-                        self._inner = self._load()
-                    except ClassifierError as exc:
-                        logger.warning("fallback %s skipped: %s", self.name, exc)
-                        self._error = exc
-        if self._error is not None:
-            raise self._error
-        assert self._inner is not None
-        return self._inner
-
-    def classify(self, text: str) -> Classification:
-        return self.get().classify(text)
+_QUIET_REASONS = frozenset(
+    {Reason.NO_API_KEY, Reason.MISSING_ARTIFACTS, Reason.MISSING_DEPENDENCY, Reason.CIRCUIT_OPEN}
+)
 
 
 class Router:
@@ -88,17 +53,8 @@ class Router:
     ) -> Router:
         """The default chain: cached LLM, then the local models in ``settings.fallbacks``."""
         settings = settings or Settings()
-        from fallback_models.artifacts import deployed_label_set, load_local_classifier
-
-        labels = deployed_label_set(settings.model_dir, settings.fallbacks)
-        classifiers: list[Classifier] = [llm_classifier(settings, labels, budget, limiter)]
-        for kind in settings.fallbacks:
-            classifiers.append(
-                LazyClassifier(
-                    kind, functools.partial(load_local_classifier, kind, settings, labels)
-                )
-            )
-        return cls(classifiers, max_input_chars=settings.max_input_chars)
+        chain = build_chain(settings, budget=budget, limiter=limiter)
+        return cls(chain.classifiers(), max_input_chars=settings.max_input_chars)
 
     def classify(self, text: str) -> Classification:
         """Classify one text.
@@ -111,6 +67,7 @@ class Router:
         return self._classify(prepare_text(text, self.max_input_chars))
 
     def _classify(self, text: str) -> Classification:
+        started = time.perf_counter()
         errors: list[ClassifierError] = []
         for classifier in self.classifiers:
             try:
@@ -122,28 +79,66 @@ class Router:
                 )
                 errors.append(exc)
                 continue
+            update: dict[str, object] = {"latency_ms": (time.perf_counter() - started) * 1000}
             if errors:
-                result = result.model_copy(update={"fallback_reason": errors[0].reason})
-            return result
+                update["fallback_reason"] = errors[0].reason
+                spent = _spent(errors)
+                if spent is not None:  # what the failed LLM attempts cost, kept with the row
+                    update["usage"] = spent if result.usage is None else spent + result.usage
+            return result.model_copy(update=update)
         raise AllClassifiersFailed(errors)
 
-    def classify_many(self, texts: Iterable[str], *, concurrency: int = 8) -> list[Classification]:
+    @overload
+    def classify_many(
+        self,
+        texts: Iterable[object],
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[Classification]: ...
+
+    @overload
+    def classify_many(
+        self, texts: Iterable[object], *, concurrency: int = ..., return_exceptions: Literal[True]
+    ) -> list[Classification | RouterError | TypeError | ValueError]: ...
+
+    def classify_many(
+        self, texts: Iterable[object], *, concurrency: int = 8, return_exceptions: bool = False
+    ) -> list[Classification] | list[Classification | RouterError | TypeError | ValueError]:
         """Classify many texts, ``concurrency`` at a time; results keep the input order.
 
-        Every text is validated before anything is sent, so a bad one costs nothing.
+        With ``return_exceptions=False`` every text is validated before anything is sent (a
+        bad one raises and costs nothing), and a row no classifier can answer raises
+        :class:`AllClassifiersFailed`. With ``True`` (as :func:`asyncio.gather`), such a row
+        holds its exception in place and every other row is still answered.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        cleaned = []
+        cleaned: list[str | TypeError | ValueError] = []
         for i, text in enumerate(texts):
             try:
                 cleaned.append(prepare_text(text, self.max_input_chars))
             except (TypeError, ValueError) as exc:
-                raise type(exc)(f"texts[{i}]: {exc}") from None
+                if not return_exceptions:
+                    raise type(exc)(f"texts[{i}]: {exc}") from None
+                cleaned.append(exc)
+
+        def one(item: str | TypeError | ValueError) -> Classification | RouterError | Exception:
+            if isinstance(item, Exception):
+                return item
+            if not return_exceptions:
+                return self._classify(item)
+            try:
+                return self._classify(item)
+            except RouterError as exc:
+                return exc
+
         if concurrency == 1 or len(cleaned) <= 1:
-            return [self._classify(text) for text in cleaned]
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(cleaned))) as pool:
-            return list(pool.map(self._classify, cleaned))
+            results = [one(item) for item in cleaned]
+        else:
+            with ThreadPoolExecutor(max_workers=min(concurrency, len(cleaned))) as pool:
+                results = list(pool.map(one, cleaned))
+        return results  # type: ignore[return-value]
 
     async def aclassify(self, text: str) -> Classification:
         """Async :meth:`classify`: runs in the router's worker threads, sharing its limits."""
@@ -152,13 +147,15 @@ class Router:
         return await loop.run_in_executor(self._pool(), self._classify, clean)
 
     def close(self) -> None:
-        """Close HTTP connections, the disk cache and worker threads."""
+        """Close HTTP connections, the disk cache and worker threads (reopened on next use)."""
         for classifier in self.classifiers:
             close = getattr(classifier, "close", None)
             if callable(close):
                 close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
 
     def __enter__(self) -> Router:
         return self
@@ -173,38 +170,41 @@ class Router:
             return self._executor
 
 
-def llm_classifier(
-    settings: Settings,
-    labels: LabelSet,
-    budget: Budget | None = None,
-    limiter: RateLimiter | None = None,
-) -> Classifier:
-    """The LLM link of a chain: cached unless ``LLM_ROUTER_CACHE=off``, or Unavailable."""
-    if settings.api_key is None:
-        logger.warning(
-            "no API key (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY): the LLM is skipped and "
-            "answers come from the local models"
-        )
-        return Unavailable(
-            LLMUnavailable(
-                "no API key set (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY)", reason="no_api_key"
-            )
-        )
-    llm = LLMClassifier(
-        settings,
-        labels,
-        load_prompt(settings.prompt, settings.prompts_dir),
-        limiter=limiter,
-        budget=budget,
-    )
-    if not settings.cache:
-        return llm
-    return CachedClassifier(llm, DiskCache(settings.resolved_cache_dir()), frozenset(labels.labels))
+def _spent(errors: list[ClassifierError]) -> Usage | None:
+    usages = [e.usage for e in errors if e.usage is not None and e.usage.requests]
+    if not usages:
+        return None
+    total = Usage()
+    for usage in usages:
+        total = total + usage
+    return total
 
 
-@functools.lru_cache(maxsize=8)
+_ROUTERS_MAX = 8
+_routers: OrderedDict[Settings, Router] = OrderedDict()
+_routers_lock = threading.Lock()
+
+
 def _default_router(settings: Settings) -> Router:
-    return Router.from_settings(settings)
+    """The router for ``settings``, built once; the least recently used of more than
+    ``_ROUTERS_MAX`` is closed and dropped."""
+    with _routers_lock:
+        router = _routers.get(settings)
+        if router is not None:
+            _routers.move_to_end(settings)
+            return router
+    built = Router.from_settings(settings)  # outside the lock: it may load models
+    evicted: list[Router] = []
+    with _routers_lock:
+        router = _routers.setdefault(settings, built)
+        _routers.move_to_end(settings)
+        while len(_routers) > _ROUTERS_MAX:
+            evicted.append(_routers.popitem(last=False)[1])
+    if router is not built:
+        evicted.append(built)  # another thread built the same one first
+    for old in evicted:
+        old.close()
+    return router
 
 
 def route(text: str, *, settings: Settings | None = None) -> Classification:
@@ -213,5 +213,7 @@ def route(text: str, *, settings: Settings | None = None) -> Classification:
 
 
 async def aroute(text: str, *, settings: Settings | None = None) -> Classification:
-    """Async :func:`route`."""
-    return await _default_router(settings or Settings()).aclassify(text)
+    """Async :func:`route`; the router is built off the event loop on first use."""
+    settings = settings or Settings()
+    router = await asyncio.to_thread(_default_router, settings)
+    return await router.aclassify(text)

@@ -1,29 +1,52 @@
 """Settings: every knob, read from ``LLM_ROUTER_*`` environment variables.
 
 Only this module reads the environment; everything else gets a :class:`Settings` passed in.
+An invalid value raises :class:`~llm_router.errors.ConfigError` with one line naming the
+variable and what it accepts; an unknown ``LLM_ROUTER_*`` variable (a typo) is logged once
+with the closest real name.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, HttpUrl, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from llm_router.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "LLM_ROUTER_"
 FallbackName = Literal["bert", "tfidf"]
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]+)?)$")
+_KEY_VARIABLES = ("LLM_ROUTER_API_KEY", "OPENROUTER_API_KEY")
+_warned_unknown: set[str] = set()
 
 
 class Settings(BaseSettings):
     """Configuration of a :class:`~llm_router.Router`; see the README for each variable."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLM_ROUTER_", extra="forbid", populate_by_name=True, frozen=True
+        env_prefix=PREFIX, extra="forbid", populate_by_name=True, frozen=True
     )
 
     # The key is a SecretStr: repr, logs and model_dump show '**********'.
     api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("api_key", "LLM_ROUTER_API_KEY", "OPENROUTER_API_KEY")
+        None, validation_alias=AliasChoices("api_key", *_KEY_VARIABLES)
     )
     base_url: HttpUrl = HttpUrl("https://openrouter.ai/api/v1")
     model: str = "mistralai/mistral-7b-instruct"
@@ -35,11 +58,12 @@ class Settings(BaseSettings):
     timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     retry_max_wait_s: float = Field(8.0, ge=0)
-    # A Retry-After longer than this is not waited for: the router falls back instead.
+    # A Retry-After longer than this is not waited for: the router falls back instead, and
+    # the shared rate limiter holds back by at most this much.
     retry_after_max_s: float = Field(60.0, ge=0)
     rpm: float | None = Field(None, gt=0)
-    # 401/402 switch the LLM off for this long; so do `breaker_threshold` transient
-    # failures in a row (a circuit breaker), for `breaker_cooldown_s`.
+    # 401/402 switch the LLM off for `auth_cooldown_s`; `breaker_threshold` transient
+    # failures in a row do so for `breaker_cooldown_s` (a circuit breaker).
     auth_cooldown_s: float = Field(300.0, ge=0)
     breaker_threshold: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(30.0, ge=0)
@@ -52,11 +76,22 @@ class Settings(BaseSettings):
     http_referer: str | None = None  # OpenRouter's optional app attribution headers
     app_title: str | None = "llm-router"
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, values)) from None
+        except SettingsError as exc:
+            raise ConfigError(f"invalid LLM_ROUTER_* environment: {exc}") from None
+        _warn_unknown_variables()
+
     @field_validator("fallbacks", mode="before")
     @classmethod
     def _split_fallbacks(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and len(set(value)) != len(value):
+            raise ValueError(f"each fallback may appear once, got {','.join(map(str, value))}")
         return value
 
     @field_validator("api_key", mode="before")
@@ -65,6 +100,24 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _check_device(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None
+            if value == "auto":
+                return None
+            if value is not None and not _DEVICE.match(value):
+                raise ValueError(f"expected cpu, cuda, cuda:N, mps or auto, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> Settings:
+        from llm_router.prompts import prompt_path
+
+        prompt_path(self.prompt, self.prompts_dir)  # raises ConfigError when unknown
+        return self
 
     @property
     def endpoint(self) -> str:
@@ -78,3 +131,47 @@ class Settings(BaseSettings):
         from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("llm-router")) / "llm"
+
+
+def variable_names() -> dict[str, str]:
+    """Every environment variable Settings reads → its field name."""
+    names = {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields}
+    names.update(dict.fromkeys(_KEY_VARIABLES, "api_key"))
+    return names
+
+
+def _variable(field: str, given: dict[str, Any]) -> str:
+    if field in given:
+        return f"Settings({field}=...)"
+    if field == "api_key":
+        return " or ".join(_KEY_VARIABLES)
+    return f"{PREFIX}{field.upper()}"
+
+
+def _one_line(exc: ValidationError, given: dict[str, Any]) -> str:
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if not field:  # a check of the whole settings names its variable itself
+            problems.append(message)
+            continue
+        if field in _KEY_VARIABLES:
+            field = "api_key"
+        where = _variable(field, given)
+        if field == "api_key" or error["type"] == "extra_forbidden":
+            problems.append(f"{where}: {message}")  # never echo a key
+        else:
+            problems.append(f"{where} = {error.get('input')!r}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _warn_unknown_variables() -> None:
+    known = variable_names()
+    for name in os.environ:
+        if not name.startswith(PREFIX) or name in known or name in _warned_unknown:
+            continue
+        _warned_unknown.add(name)
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        logger.warning("unknown environment variable %s is ignored%s", name, hint)

@@ -265,9 +265,9 @@ def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_p
 
 
 def test_a_model_list_without_prices_gives_no_price(server):
-    from eval.pricing import fetch_price_per_mtok
+    from eval.pricing import fetch_price
     from llm_router import Settings
 
     # The scripted server lists its model without pricing, as llama.cpp's server does.
     settings = Settings(api_key="k", base_url=server.url, model="scripted-model")
-    assert fetch_price_per_mtok(settings) is None
+    assert fetch_price(settings) is None

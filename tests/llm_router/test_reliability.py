@@ -158,7 +158,7 @@ def test_budget_holds_with_32_raw_threads():
                 r = budget.reserve(150)
             except Exception:  # noqa: BLE001 - BudgetExceeded is the expected refusal
                 continue
-            budget.settle(r, 120, None)
+            budget.settle(r, 100, 20, None)
             with lock:
                 granted.append(r)
 

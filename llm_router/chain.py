@@ -1,0 +1,133 @@
+"""The chain of classifiers a Router tries, built in one place for the router and the eval."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llm_router.budget import Budget
+from llm_router.cache import CachedClassifier, DiskCache
+from llm_router.classifier import Classifier
+from llm_router.errors import ClassifierError, LLMUnavailable
+from llm_router.labels import LabelSet
+from llm_router.llm import LLMClassifier
+from llm_router.prompts import load_prompt
+from llm_router.ratelimit import RateLimiter
+from llm_router.reasons import Reason
+from llm_router.schemas import Classification
+from llm_router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOCAL_KINDS = ("bert", "tfidf")
+
+
+class Unavailable:
+    """A chain link that cannot answer at all (e.g. no API key): fails fast with its reason."""
+
+    def __init__(self, error: ClassifierError) -> None:
+        self.name = error.classifier
+        self.error = error
+
+    def classify(self, text: str) -> Classification:  # noqa: ARG002
+        raise self.error
+
+
+class LazyClassifier:
+    """Loads a local classifier on first use, once; a load failure is remembered."""
+
+    def __init__(self, name: str, load: Callable[[], Classifier]) -> None:
+        self.name = name
+        self._load = load
+        self._inner: Classifier | None = None
+        self._error: ClassifierError | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Classifier:
+        if self._inner is None:
+            with self._lock:
+                if self._inner is None and self._error is None:
+                    try:
+                        self._inner = self._load()
+                    except ClassifierError as exc:
+                        logger.warning("fallback %s skipped: %s", self.name, exc)
+                        self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._inner is not None
+        return self._inner
+
+    def classify(self, text: str) -> Classification:
+        return self.get().classify(text)
+
+
+@dataclass
+class Chain:
+    """The LLM link and the local models, by name, in the order the router tries them."""
+
+    llm: Classifier
+    local: dict[str, LazyClassifier] = field(default_factory=dict)
+    order: tuple[str, ...] = ()
+    labels: LabelSet | None = None
+
+    def classifiers(self) -> list[Classifier]:
+        return [self.llm, *(self.local[name] for name in self.order)]
+
+
+def build_chain(
+    settings: Settings,
+    *,
+    budget: Budget | None = None,
+    limiter: RateLimiter | None = None,
+) -> Chain:
+    """The default chain: the (cached) LLM, then the local models in ``settings.fallbacks``.
+
+    Every local kind is offered (loaded lazily, on first use) so an evaluation can run each
+    on its own; only those in ``settings.fallbacks`` are in the router's order.
+    """
+    from fallback_models.artifacts import deployed_label_set, load_local_classifier
+
+    labels = deployed_label_set(settings.model_dir, settings.fallbacks)
+    local = {
+        kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
+        for kind in LOCAL_KINDS
+    }
+    return Chain(
+        llm=llm_classifier(settings, labels, budget, limiter),
+        local=local,
+        order=tuple(settings.fallbacks),
+        labels=labels,
+    )
+
+
+def llm_classifier(
+    settings: Settings,
+    labels: LabelSet,
+    budget: Budget | None = None,
+    limiter: RateLimiter | None = None,
+) -> Classifier:
+    """The LLM link of a chain: cached unless ``LLM_ROUTER_CACHE=off``, or Unavailable."""
+    if settings.api_key is None:
+        logger.warning(
+            "no API key (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY): the LLM is skipped and "
+            "answers come from the local models"
+        )
+        return Unavailable(
+            LLMUnavailable(
+                "no API key set (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY)",
+                reason=Reason.NO_API_KEY,
+            )
+        )
+    llm = LLMClassifier(
+        settings,
+        labels,
+        load_prompt(settings.prompt, settings.prompts_dir),
+        limiter=limiter,
+        budget=budget,
+    )
+    if not settings.cache:
+        return llm
+    return CachedClassifier(llm, DiskCache(settings.resolved_cache_dir()), frozenset(labels.labels))
