@@ -51,6 +51,8 @@ def main() -> None:
                 str(args.concurrency),
                 "--max-requests",
                 "1000",
+                "--price-per-mtok",
+                "0",
                 "--out",
                 str(out),
             ]

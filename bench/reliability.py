@@ -6,6 +6,14 @@
    on the same port; time to answer the 100 from the fallback, and whether the LLM is used
    again after the circuit breaker's cool-down.
 3. Budget: K=25 requests with 32 concurrent callers and 30% 503s; requests that arrived.
+4. USD cap: $0.004 per call (reported in usage.cost), a $0.01 cap, 20 texts at concurrency 8,
+   with no price and with a known price; requests sent and USD counted.
+5. NaN cost: the first answer reports cost NaN, every later one $1, under a $0.01 cap.
+6. Malformed bodies: five kinds of broken `usage` and three broken `choices`; what route()
+   returns (it must never raise).
+7. Retry-After: 3600 on one text; how long the next text (another thread) waits.
+8. Dead endpoint: `python -m eval --n 10` on defaults (rpm 20, concurrency 4) against a
+   port that refuses connections; wall time, requests spent, reasons (needs models/tfidf).
 
 Run: python bench/reliability.py
 """
@@ -21,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, real_abstracts  # noqa: E402
 from llm_router import Candidate, Classification, Router, Settings  # noqa: E402
-from llm_router.budget import Budget  # noqa: E402
+from llm_router.budget import Budget, Price  # noqa: E402
 from llm_router.labels import LabelSet  # noqa: E402
 from llm_router.router import llm_classifier  # noqa: E402
 from llm_router.testing import ChatServer, Reply  # noqa: E402
@@ -154,8 +162,131 @@ def budget() -> dict[str, object]:
     }
 
 
+def _router(server: ChatServer, budget: Budget | None = None, **overrides: object) -> Router:
+    values: dict[str, object] = {
+        "api_key": "b",
+        "base_url": server.url,
+        "cache": False,
+        "retry_max_wait_s": 0.05,
+    }
+    values.update(overrides)
+    return Router([llm_classifier(Settings(**values), LABELS, budget), Local()])
+
+
+def usd_cap() -> dict[str, object]:
+    found: dict[str, object] = {}
+    for name, price in (("unknown_price", None), ("known_price", Price(3.0, 3.0))):
+        with ChatServer(default=lambda _b: Reply.answer("cs.CV", cost=0.004)) as server:
+            b = Budget(max_cost_usd=0.01, price=price)
+            _router(server, b).classify_many([f"text {i}" for i in range(20)], concurrency=8)
+            found[name] = {"requests_sent": server.count, "usd_counted": round(b.cost_usd, 6)}
+    return {"cap_usd": 0.01, "cost_per_call": 0.004, "concurrency": 8, **found}
+
+
+def nan_cost() -> dict[str, object]:
+    found: dict[str, object] = {}
+    for name, price in (("unknown_price", None), ("known_price", Price(3.0, 3.0))):
+        with ChatServer(default=lambda _b: Reply.answer("cs.CV", cost=1.0)) as server:
+            server.script(Reply.answer("cs.CV", cost=float("nan")))
+            b = Budget(max_cost_usd=0.01, price=price)
+            _router(server, b).classify_many([f"text {i}" for i in range(5)], concurrency=1)
+            found[name] = {"requests_sent": server.count, "usd_counted": round(b.cost_usd, 6)}
+    return {"cap_usd": 0.01, **found}
+
+
+def malformed() -> dict[str, object]:
+    bodies: dict[str, object] = {
+        "prompt_tokens_na": {"prompt_tokens": "n/a"},
+        "usage_string": "oops",
+        "usage_nested": {"prompt_tokens": {"n": 1}},
+        "cost_string": {"cost": "free"},
+        "usage_list": [1, 2],
+    }
+    found: dict[str, object] = {}
+    with ChatServer() as server:
+        router = _router(server, max_attempts=2)
+        for name, usage in bodies.items():
+            reply = Reply.answer("cs.CV")
+            assert isinstance(reply.body, dict)
+            reply.body["usage"] = usage
+            server.default = lambda _b, r=reply: r  # type: ignore[misc]
+            result = router.classify(f"text {name}")
+            found[name] = f"{result.source}/{result.fallback_reason}"
+        for name, raw in (("no_choices", {"choices": []}), ("choices_string", {"choices": "x"})):
+            server.default = lambda _b, r=raw: Reply(body=r)  # type: ignore[misc]
+            result = router.classify(f"text {name}")
+            found[name] = f"{result.source}/{result.fallback_reason}"
+    return found
+
+
+def long_retry_after() -> dict[str, object]:
+    with ChatServer(default=lambda _b: Reply.answer("cs.CV")) as server:
+        server.script(Reply.error(429, **{"Retry-After": "3600"}))
+        router = _router(server, retry_after_max_s=60)
+        first = router.classify("text one")
+        started = time.perf_counter()
+        other = threading.Thread(target=router.classify, args=("text two",))
+        other.start()
+        other.join()
+    return {
+        "retry_after_s": 3600,
+        "first_text": f"{first.source}/{first.fallback_reason}",
+        "next_text_waited_s": round(time.perf_counter() - started, 2),
+        "cap_s": 60,
+    }
+
+
+def dead_endpoint_eval() -> dict[str, object]:
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    dead = ChatServer().start()
+    url = dead.url
+    dead.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "LLM_ROUTER_BASE_URL": url,
+            "LLM_ROUTER_API_KEY": "bench",
+            "LLM_ROUTER_CACHE_DIR": str(Path(tmp) / "cache"),
+        }
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "eval", "--n", "10", "--out", str(Path(tmp) / "run")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            return {"error": done.stderr.strip().splitlines()[-1:]}
+        report = json.loads((Path(tmp) / "run" / "report.json").read_text())
+    return {
+        "wall_s": round(wall, 1),
+        "requests": report["budget"]["requests"],
+        "llm_reasons": report["systems"]["llm"]["reasons"],
+        "router_reasons": report["systems"]["router"]["reasons"],
+        "breaker_cause": report["llm_link"]["breaker_cause"],
+    }
+
+
 def main() -> None:
-    emit("reliability", {"flaky": flaky(), "endpoint_loss": endpoint_loss(), "budget": budget()})
+    emit(
+        "reliability",
+        {
+            "flaky": flaky(),
+            "endpoint_loss": endpoint_loss(),
+            "budget": budget(),
+            "usd_cap": usd_cap(),
+            "nan_cost": nan_cost(),
+            "malformed_bodies": malformed(),
+            "retry_after_3600": long_retry_after(),
+            "dead_endpoint_eval": dead_endpoint_eval(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -76,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fallback_models.train import prepare_dataset, train_bert, train_tfidf
 
-    root = args.out or Settings().model_dir
-    out = root / args.kind
     try:
+        out = (args.out or Settings().model_dir) / args.kind
         print(f"loading {args.data} …", file=sys.stderr)
         dataset = prepare_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction)
         print(

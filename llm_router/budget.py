@@ -126,10 +126,11 @@ class Budget:
                 return 0.0
             if reported is not None:
                 cost = reported
-                tokens = prompt_tokens + completion_tokens
                 self._max_cost_seen = max(self._max_cost_seen or 0.0, reported)
-                if tokens > 0:
-                    self._max_cost_per_token = max(self._max_cost_per_token, reported / tokens)
+                if reservation.tokens > 0:  # per *estimated* token: estimates scale alike
+                    self._max_cost_per_token = max(
+                        self._max_cost_per_token, reported / reservation.tokens
+                    )
             elif self.price is not None:
                 cost = self.price.cost(prompt_tokens, completion_tokens)
             else:

@@ -191,6 +191,9 @@ def test_a_429_slows_the_run_down_rather_than_failing_it(env, server, tmp_path, 
         (["--n", "0"], "--n must be at least 1"),
         (["--systems", "router,gpt5"], "unknown system"),
         (["--data", "/nonexistent/file.csv"], "not found"),
+        (["--data", "/nonexistent"], "not found"),
+        (["--data", "./data/abstracts"], "not found"),
+        (["--price-per-mtok", "cheap"], "--price-per-mtok"),
         (["--n", "ten"], "invalid int"),
         (["--rpm", "0"], "--rpm"),
     ],
@@ -271,3 +274,63 @@ def test_a_model_list_without_prices_gives_no_price(server):
     # The scripted server lists its model without pricing, as llama.cpp's server does.
     settings = Settings(api_key="k", base_url=server.url, model="scripted-model")
     assert fetch_price(settings) is None
+
+
+def test_a_bad_environment_value_exits_2_with_one_line(env):
+    env.setenv("LLM_ROUTER_TIMEOUT_S", "abc")
+    for module in ("eval", "fallback_models"):
+        args = ["--n", "3"] if module == "eval" else ["train", "tfidf", "--data", "x.jsonl"]
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "LLM_ROUTER_TIMEOUT_S" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unanswerable_row_is_counted_not_fatal(env, tmp_path, sample_file):
+    env.setenv("LLM_ROUTER_FALLBACKS", "bert")  # no key, and no BERT model trained
+    out = tmp_path / "run"
+    assert main(["--n", "5", "--data", str(sample_file), "--out", str(out)]) == 0
+    router = read_report(out)["systems"]["router"]
+    assert router["answered"] == 0 and router["reasons"] == {"no_api_key": 5}
+    assert read_report(out)["systems"]["tfidf"]["answered"] == 5
+
+
+def test_a_dead_endpoint_costs_a_few_requests_and_is_named(env, tmp_path, sample_file):
+    from llm_router.testing import ChatServer
+
+    dead = ChatServer().start()
+    url = dead.url
+    dead.stop()  # nothing listens there any more: connections are refused
+    env.setenv("LLM_ROUTER_BASE_URL", url)
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    out = tmp_path / "run"
+    args = ["--n", "10", "--data", str(sample_file), "--rpm", "600", "--out", str(out)]
+    assert main(args) == 0
+    report = read_report(out)
+    assert report["budget"]["requests"] <= 6  # the breaker opened after 5 failed attempts
+    assert report["llm_link"]["breaker_cause"] == "connection_error"
+    assert "connection_error" in report["systems"]["llm"]["reasons"]
+    assert "budget" not in report["systems"]["router"]["reasons"]
+    assert "after connection_error" in (out / "report.md").read_text()
+
+
+def test_usd_cap_holds_in_eval_at_concurrency_8(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    server.default = lambda _body: Reply.answer("cs.LG", cost=0.004, delay_s=0.05)
+    out = tmp_path / "run"
+    args = ["--n", "20", "--data", str(sample_file), "--rpm", "60000", "--concurrency", "8"]
+    assert main([*args, "--max-cost-usd", "0.01", "--out", str(out)]) == 0
+    report = read_report(out)
+    assert server.count == 2 and report["budget"]["cost_usd"] <= 0.01
+
+
+def test_credentials_in_the_base_url_stay_out_of_reports(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    env.setenv("LLM_ROUTER_BASE_URL", server.url.replace("http://", "http://bob:hunter2@"))
+    out = tmp_path / "run"
+    main(["--n", "3", "--data", str(sample_file), "--rpm", "6000", "--out", str(out)])
+    assert read_report(out)["systems"]["llm"]["answered"] == 3
+    for path in out.iterdir():
+        assert b"hunter2" not in path.read_bytes()

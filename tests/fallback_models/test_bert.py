@@ -126,3 +126,21 @@ def test_router_uses_bert_before_tfidf(trained):
         "bert",
         "no_api_key",
     )
+
+
+def test_concurrent_calls_share_one_tokenizer_safely(trained):
+    """A fast tokenizer is not thread-safe: a call that changes its padding or truncation
+    while another thread encodes raises "Already borrowed" (huggingface/tokenizers#537)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _model, root = trained
+    model = BertClassifier.load(root / "bert", device="cpu")
+    words = " ".join(WORDS)
+    texts = [f"{TEXTS['cs.CV']} {words[: (i * 7) % len(words)]}" for i in range(64)]
+    for _ in range(5):
+        # As a checkpoint saved without padding would load: every first call sets it anew.
+        model.tokenizer._tokenizer.no_padding()
+        model.tokenizer._tokenizer.no_truncation()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(model.classify, texts))
+        assert len(results) == 64 and {r.source for r in results} == {"bert"}

@@ -68,7 +68,13 @@ def test_missing_file_is_a_data_error(tmp_path):
         load_papers(str(tmp_path / "missing.jsonl.gz"))
 
 
-def test_an_unreachable_hub_fails_fast_with_advice():
+def test_an_unreachable_hub_fails_fast_with_advice(monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # never leave the machine
     started = time.monotonic()
     with pytest.raises(DataError, match="--data"):
         load_papers("real-jiakai/arxiver-with-category")
