@@ -148,6 +148,32 @@ def deployed_label_set(model_dir: Path, kinds: Iterable[str] = KINDS) -> LabelSe
     return LabelSet.full_taxonomy()
 
 
+def order_by_quality(model_dir: Path, kinds: Iterable[str]) -> tuple[str, ...]:
+    """``kinds`` reordered so that a model whose manifest shows a lower test top-1 never goes
+    before another installed one evaluated on the same split (same data and test ids).
+
+    Kinds without a trained model, or not comparable, keep their given order (a stable sort).
+    """
+    kinds = tuple(kinds)
+    scores: dict[str, float] = {}
+    splits = set()
+    for kind in kinds:
+        try:
+            manifest = read_manifest(model_dir / kind, kind)
+            top1 = float(manifest["metrics"]["top1"])
+            split = manifest["split"]
+            ids = hashlib.sha256("\n".join(sorted(split["test_ids"])).encode()).hexdigest()
+            splits.add((manifest["data"]["sha256"], ids))
+        except (ModelNotAvailable, KeyError, TypeError, ValueError):
+            continue
+        scores[kind] = top1
+    if len(scores) < 2 or len(splits) != 1:
+        return kinds
+    best_first = sorted(scores, key=lambda k: -scores[k])
+    ranked = iter(best_first)
+    return tuple(next(ranked) if kind in scores else kind for kind in kinds)
+
+
 def test_ids(model_dir: Path, kinds: Iterable[str] = KINDS) -> dict[str, set[str]]:
     """Held-out ids per trained model kind (rows that model was not trained on)."""
     found: dict[str, set[str]] = {}

@@ -181,12 +181,12 @@ class Budget:
         return self.max_cost_usd is not None and self.price is None and self._max_cost_seen is None
 
     def _estimate(self, prompt_tokens: int, completion_tokens: int) -> float:
-        if self.price is not None:
-            return self.price.cost(prompt_tokens, completion_tokens)
+        priced = 0.0 if self.price is None else self.price.cost(prompt_tokens, completion_tokens)
         if self._max_cost_seen is None:
-            return 0.0
+            return priced
+        # Costs the endpoint really reported outrank a price that turned out too low.
         by_tokens = self._max_cost_per_token * (prompt_tokens + completion_tokens)
-        return max(self._max_cost_seen, by_tokens)
+        return max(priced, self._max_cost_seen, by_tokens)
 
     def _close(self, reservation: Reservation, tokens: int, cost: float) -> float:
         reservation.settled = True

@@ -85,12 +85,21 @@ def build_chain(
 ) -> Chain:
     """The default chain: the (cached) LLM, then the local models in ``settings.fallbacks``.
 
-    Every local kind is offered (loaded lazily, on first use) so an evaluation can run each
-    on its own; only those in ``settings.fallbacks`` are in the router's order.
+    With ``LLM_ROUTER_FALLBACKS`` unset, a local model whose manifest shows a lower test top-1
+    than another installed one (same split) does not go first. Every local kind is offered
+    (loaded lazily, on first use) so an evaluation can run each on its own; only those in the
+    order are in the router's chain.
     """
-    from fallback_models.artifacts import deployed_label_set, load_local_classifier
+    from fallback_models.artifacts import (
+        deployed_label_set,
+        load_local_classifier,
+        order_by_quality,
+    )
 
-    labels = deployed_label_set(settings.model_dir, settings.fallbacks)
+    order: tuple[str, ...] = tuple(settings.fallbacks)
+    if "fallbacks" not in settings.model_fields_set:  # the default: measured quality decides
+        order = order_by_quality(settings.model_dir, order)
+    labels = deployed_label_set(settings.model_dir, order)
     local = {
         kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
         for kind in LOCAL_KINDS
@@ -98,7 +107,7 @@ def build_chain(
     return Chain(
         llm=llm_classifier(settings, labels, budget, limiter),
         local=local,
-        order=tuple(settings.fallbacks),
+        order=order,
         labels=labels,
     )
 

@@ -169,9 +169,11 @@ class LabelSet:
         code = canonical_code(raw)
         if code in self._index:
             return code
+        if code in ARCHIVES:  # e.g. old papers filed under plain "astro-ph"
+            return None
         if code in self.mapping:
             return self.mapping[code]
-        if code in ARCHIVES or code not in CATEGORIES:
+        if code not in CATEGORIES:
             return None
         archive = archive_of(code)
         return archive if archive in self._index else None

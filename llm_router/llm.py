@@ -219,7 +219,7 @@ class LLMClassifier:
         except LLMUnavailable:
             self.breaker.record(Outcome.NOT_SENT, Reason.BUDGET, probe=probe)
             raise
-        self.limiter.acquire()
+        self.limiter.acquire(abort=None if probe else lambda: self.breaker.is_open)
         try:
             self.breaker.recheck(probe)
         except LLMUnavailable:
@@ -277,8 +277,9 @@ class LLMClassifier:
 
     def _settle_failed(self, reservation: Reservation | None, exc: LLMUnavailable) -> None:
         if self.budget is not None and reservation is not None:
-            # An HTTP error status was not billed; a timeout or a broken body may have been.
-            billed = exc.status is None or exc.reason == Reason.BAD_RESPONSE
+            # An HTTP error status or a failed connection was not billed; a timeout or a
+            # broken body may have been.
+            billed = exc.reason in (Reason.TIMEOUT, Reason.BAD_RESPONSE)
             self.budget.settle_failed(reservation, billed=billed)
 
     def _should_retry(self, exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class RateLimiter:
@@ -24,15 +25,21 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Wait for this caller's slot; returns how long it waited, in seconds."""
+    def acquire(self, abort: Callable[[], bool] | None = None) -> float:
+        """Wait for this caller's slot; returns how long it waited, in seconds.
+
+        ``abort`` is polled while waiting: when it turns true (the circuit breaker opened,
+        say) the wait ends early and the slot is left unused.
+        """
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
             self._next = max(self._next, slot + self.interval_s)
         wait = slot - now
-        if wait > 0:
+        if wait > 0 and abort is None:
             time.sleep(wait)
+        while abort is not None and not abort() and time.monotonic() < slot:
+            time.sleep(min(0.05, max(0.0, slot - time.monotonic())))
         return wait
 
     def slow_down(self, seconds: float) -> None:

@@ -403,3 +403,41 @@ def test_chat_server_port_refuses_after_stop():
     settings = Settings(api_key="k", base_url=url, cache=False, retry_max_wait_s=0)
     result = chain(settings).classify(TEXTS[0])
     assert result.fallback_reason == "connection_error"
+
+
+@pytest.mark.parametrize("answer", ["astro-ph", "Astrophysics", "cond-mat", "Condensed Matter"])
+def test_a_coarse_answer_is_never_read_as_the_catch_all(answer):
+    # A deployed set like a trained model's: rare codes merged into `other`.
+    raw = ["astro-ph.CO"] * 120 + ["cond-mat.soft"] * 120 + ["astro-ph"] * 5 + ["cond-mat"] * 5
+    labels = LabelSet.from_raw_labels(raw)
+    assert "other" in labels and labels.to_deployed("astro-ph") == "other"
+    assert labels.parse_answer(answer) is None
+    assert labels.parse_answer("astro-ph.CO") == "astro-ph.CO"
+
+
+def _manifest(root, kind, top1, test_ids=("a", "b")):
+    import json
+
+    (root / kind).mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "kind": kind,
+        "label_set": {"labels": ["cs.CV", "math.AP"], "mapping": {}},
+        "data": {"sha256": "same-data"},
+        "split": {"test_ids": list(test_ids)},
+        "metrics": {"top1": top1},
+    }
+    (root / kind / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_weaker_local_model_does_not_go_first_by_default(tmp_path):
+    from llm_router.chain import build_chain
+
+    _manifest(tmp_path, "bert", 0.41)
+    _manifest(tmp_path, "tfidf", 0.70)
+    assert build_chain(Settings(model_dir=tmp_path)).order == ("tfidf", "bert")
+    chosen = Settings(model_dir=tmp_path, fallbacks="bert,tfidf")  # set explicitly: obeyed
+    assert build_chain(chosen).order == ("bert", "tfidf")
+    _manifest(tmp_path, "bert", 0.90)
+    assert build_chain(Settings(model_dir=tmp_path)).order == ("bert", "tfidf")
+    _manifest(tmp_path, "bert", 0.41, test_ids=("c",))  # another split: not comparable
+    assert build_chain(Settings(model_dir=tmp_path)).order == ("bert", "tfidf")
