@@ -212,29 +212,41 @@ class LLMClassifier:
         spent: list[Usage],
         failures: list[LLMUnavailable],
     ) -> Reply:
-        """breaker → budget → rate limit → send → settle, for every HTTP attempt."""
+        """breaker → budget → rate limit → send → settle, for every HTTP attempt.
+
+        Whatever happens after the reservation (even Ctrl-C while waiting for a slot), the
+        reservation is settled or released and a probe is handed back, so no other thread is
+        left waiting on them.
+        """
         probe = self.breaker.admit()
         try:
             reservation = self._reserve(messages)
-        except LLMUnavailable:
+        except BaseException:
             self.breaker.record(Outcome.NOT_SENT, Reason.BUDGET, probe=probe)
             raise
-        self.limiter.acquire(abort=None if probe else lambda: self.breaker.is_open)
+        sent = False
         try:
+            self.limiter.acquire(abort=None if probe else lambda: self.breaker.is_open)
             self.breaker.recheck(probe)
-        except LLMUnavailable:
-            if self.budget is not None and reservation is not None:
-                self.budget.release(reservation)
-            raise
-        try:
+            sent = True
             reply = post_chat(self._http(), self._body(messages), self.settings.timeout_s)
         except LLMUnavailable as exc:
+            if not sent:  # the breaker opened while this attempt waited for its slot
+                self._release(reservation)
+                raise
             failures.append(exc)
             spent.append(Usage(requests=1))
             self._settle_failed(reservation, exc)
             self.breaker.record(_outcome(exc), exc.reason, probe=probe)
             if exc.retry_after_s is not None:
                 self.limiter.slow_down(exc.retry_after_s)  # capped at RETRY_AFTER_MAX_S
+            raise
+        except BaseException:
+            if sent and self.budget is not None and reservation is not None:
+                self.budget.settle_failed(reservation, billed=True)
+            else:
+                self._release(reservation)
+            self.breaker.record(Outcome.NOT_SENT, "interrupted", probe=probe)
             raise
         usage = reply.usage
         spent.append(
@@ -251,6 +263,10 @@ class LLMClassifier:
             )
         self.breaker.record(Outcome.ANSWERED, "answered", probe=probe)
         return reply
+
+    def _release(self, reservation: Reservation | None) -> None:
+        if self.budget is not None and reservation is not None:
+            self.budget.release(reservation)
 
     def _body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         body: dict[str, Any] = {
