@@ -22,10 +22,10 @@ from eval.pricing import estimate, fetch_price, parse_price
 from eval.report import system_figures, table, write_report
 from eval.sampling import stratified_sample
 from eval.systems import ALL_SYSTEMS, Outcome, System, build_systems, run_concurrent, run_local
-from fallback_models.artifacts import deployed_label_set, read_manifest, test_ids
+from fallback_models.artifacts import read_manifest, test_ids
 from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
 from llm_router.budget import Budget, Price
-from llm_router.chain import Chain
+from llm_router.chain import Chain, local_order
 from llm_router.errors import RouterError
 from llm_router.ratelimit import RateLimiter
 from llm_router.redact import redact_url
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings()
     held_out = _held_out_ids(args, settings)
     source = _data_source(args, settings)
-    labels = deployed_label_set(settings.model_dir)
+    _order, labels = local_order(settings)  # the label space the systems answer in
     papers = load_papers(source)
     rows = stratified_sample(papers, held_out, labels, args.n, args.seed)
     if not rows:

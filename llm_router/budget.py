@@ -160,7 +160,6 @@ class Budget:
         with self._lock:
             if reservation.settled:
                 return
-            reservation.settled = True
             self.requests -= 1
             self._close(reservation, 0, 0.0)
 

@@ -72,11 +72,12 @@ class DiskCache:
         self._warned = False
         self._lock = threading.Lock()
 
-    def _open(self) -> diskcache.Cache | None:
-        if self._cache is not None:
-            return self._cache
+    def _available(self) -> diskcache.Cache | None:
+        """The open cache, or ``None`` while backing off after a failure."""
         if time.monotonic() < self._retry_at:
             return None
+        if self._cache is not None:
+            return self._cache
         with self._lock:
             if self._cache is None and time.monotonic() >= self._retry_at:
                 try:
@@ -89,11 +90,6 @@ class DiskCache:
                 except _CACHE_ERRORS as exc:
                     self._fail("open", exc, store=True)
         return self._cache
-
-    def _available(self) -> diskcache.Cache | None:
-        if time.monotonic() < self._retry_at:
-            return None
-        return self._open()
 
     def _fail(self, action: str, exc: BaseException, *, store: bool) -> None:
         if store:  # back off, then try again

@@ -90,16 +90,9 @@ def build_chain(
     (loaded lazily, on first use) so an evaluation can run each on its own; only those in the
     order are in the router's chain.
     """
-    from fallback_models.artifacts import (
-        deployed_label_set,
-        load_local_classifier,
-        order_by_quality,
-    )
+    from fallback_models.artifacts import load_local_classifier
 
-    order: tuple[str, ...] = tuple(settings.fallbacks)
-    if "fallbacks" not in settings.model_fields_set:  # the default: measured quality decides
-        order = order_by_quality(settings.model_dir, order)
-    labels = deployed_label_set(settings.model_dir, order)
+    order, labels = local_order(settings)
     local = {
         kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
         for kind in LOCAL_KINDS
@@ -110,6 +103,20 @@ def build_chain(
         order=order,
         labels=labels,
     )
+
+
+def local_order(settings: Settings) -> tuple[tuple[str, ...], LabelSet]:
+    """The order the router tries its local models in, and the deployed label set (that of
+    the first trained one). The router and the evaluation both read it here.
+
+    With ``LLM_ROUTER_FALLBACKS`` unset, measured quality decides the order.
+    """
+    from fallback_models.artifacts import deployed_label_set, order_by_quality
+
+    order: tuple[str, ...] = tuple(settings.fallbacks)
+    if "fallbacks" not in settings.model_fields_set:
+        order = order_by_quality(settings.model_dir, order)
+    return order, deployed_label_set(settings.model_dir, order)
 
 
 def llm_classifier(
