@@ -66,3 +66,21 @@ def confused_pairs(
     """The most frequent (true, predicted) mistakes."""
     pairs = Counter((t, p) for t, p in zip(y_true, y_pred, strict=True) if t != p)
     return [(t, p, n) for (t, p), n in pairs.most_common(top)]
+
+
+def expected_calibration_error(
+    confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, bins: int = 10
+) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width confidence
+    bins weighted by their share of rows (bins ``(lo, hi]``, the first one ``[0, hi]``)."""
+    conf = np.asarray(confidence, dtype=float)
+    right = np.asarray(correct, dtype=float)
+    if conf.size == 0:
+        return 0.0
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(right[members].mean() - conf[members].mean())
+    return float(total)

@@ -29,6 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=42, help="split and training seed")
     train.add_argument("--test-fraction", type=float, default=0.1)
+    train.add_argument(
+        "--split",
+        choices=["random", "temporal"],
+        default="random",
+        help="random: seeded 90/10 by label; temporal: train before --cutoff, test after",
+    )
+    train.add_argument("--cutoff", default="2026-03-01", help="temporal split date (YYYY-MM-DD)")
+    tfidf = train.add_argument_group("tfidf")
+    tfidf.add_argument(
+        "--calibration",
+        choices=["random", "latest"],
+        help="which held-out training rows fit the temperatures (default: the config's)",
+    )
     bert = train.add_argument_group("bert")
     bert.add_argument("--base", help="base checkpoint: hub id or local directory")
     bert.add_argument("--epochs", type=float, default=2.0)
@@ -51,6 +64,7 @@ def _summary(manifest: dict[str, Any]) -> str:
         f"in {m['train_seconds']} s",
         f"test ({m['test_rows']:,} rows): top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  "
         f"macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}  "
+        f"ECE {m.get('ece', float('nan')):.4f}  "
         f"{m['inference_ms_per_text']:.3f} ms/text",
         "worst classes: "
         + ", ".join(f"{w['label']} {w['f1']:.2f} (n={w['support']})" for w in m["worst_classes"]),
@@ -79,14 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = (args.out or Settings().model_dir) / args.kind
         print(f"loading {args.data} …", file=sys.stderr)
-        dataset = prepare_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction)
+        dataset = prepare_dataset(
+            args.data,
+            seed=args.seed,
+            test_fraction=args.test_fraction,
+            split=args.split,
+            cutoff=args.cutoff,
+        )
         print(
             f"{len(dataset.papers):,} rows, {len(dataset.labels)} labels; "
             f"train {len(dataset.train_idx):,} / test {len(dataset.test_idx):,}",
             file=sys.stderr,
         )
         if args.kind == "tfidf":
-            manifest = train_tfidf(dataset, out)
+            from dataclasses import replace
+
+            from fallback_models.tfidf import TfidfConfig
+
+            config = TfidfConfig(seed=args.seed)
+            if args.calibration:
+                config = replace(config, calibration=args.calibration)
+            manifest = train_tfidf(dataset, out, config)
         else:
             from fallback_models.bert import BertConfig, default_base_model
 

@@ -36,6 +36,8 @@ class Paper:
     abstract: str
     primary_category: str
     title: str = ""
+    published: str | None = None  # YYYY-MM-DD, when the data has it
+    categories: tuple[str, ...] = ()  # every listed arXiv category, primary first
 
     @property
     def text(self) -> str:
@@ -59,8 +61,9 @@ def is_local(source: str) -> bool:
 def load_papers(source: str) -> list[Paper]:
     """Read papers from a local ``.jsonl``/``.jsonl.gz``/``.parquet``/``.csv`` or a hub id.
 
-    Rows need ``abstract`` and ``primary_category``; ``id`` and ``title`` are optional (a
-    missing id is derived from the abstract's hash, so splits stay stable).
+    Rows need ``abstract`` and ``primary_category``; ``id``, ``title``, ``published`` and
+    ``categories`` are optional (a missing id is derived from the abstract's hash, so splits
+    stay stable).
 
     Raises:
         DataError: the file is missing or unreadable, a column is missing, or the hub is
@@ -82,17 +85,29 @@ def load_papers(source: str) -> list[Paper]:
         row_id = row.get("id")
         paper_id = str(row_id) if row_id not in (None, "") else _derived_id(abstract)
         title = row.get("title")
+        published = row.get("published")
         papers.append(
             Paper(
                 paper_id,
                 abstract.strip(),
                 label.strip(),
                 title.strip() if isinstance(title, str) else "",
+                published if isinstance(published, str) and published else None,
+                _categories(row.get("categories")),
             )
         )
     if not papers:
         raise DataError(f"{source}: no rows with an abstract and a primary_category")
     return papers
+
+
+def _categories(value: Any) -> tuple[str, ...]:
+    """A paper's listed categories: a list, or the list's text as CSV files store it."""
+    if isinstance(value, str):
+        value = value.strip("[]").replace("'", " ").replace('"', " ").replace(",", " ").split()
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(c.strip() for c in value if isinstance(c, str) and c.strip())
 
 
 def _derived_id(abstract: str) -> str:

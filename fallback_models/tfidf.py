@@ -1,21 +1,30 @@
-"""TfidfClassifier: TF-IDF features, a linear SVM and a one-hidden-layer network, averaged.
+"""TfidfClassifier: word 1-2-gram TF-IDF features, a softmax regression and a small network,
+averaged.
 
-Both heads read the same word 1-2-gram TF-IDF vector (title + abstract). Each head's scores
-are calibrated with a softmax temperature fitted on a held-out slice of the training rows,
-and the two probability vectors are averaged. The network is trained with torch when it is
-installed (otherwise the SVM alone is used); inference is plain numpy/scipy.
+Both heads read the same TF-IDF vector (title + abstract, ``features.WordNgramTfidf``):
 
-Stored as ``vocab.json`` (terms in column order), ``weights.npz`` (idf, weights, biases,
-temperatures) and ``config.json``: plain arrays and JSON, never pickle.
+- a multinomial logistic regression (the features straight to the 96 logits), and
+- a one-hidden-layer network (``relu(x @ w1 + b1) @ w2 + b2``).
+
+Their first layers are sparse lookups trained with plain SGD (only the rows of the features
+a batch holds are touched, so an epoch over 80k abstracts takes seconds), the small dense
+layers with Adam. Each head's logits are calibrated with a softmax temperature fitted on
+held-out training rows (a random slice, or the most recently published slice), and the two
+probability vectors are averaged. Training needs torch; inference is numpy/scipy.
+
+The large matrices are stored as int8 with one float scale per row (``weight_bits=8``);
+the model is evaluated with the weights it saves. Files: ``vocab.json`` (token table),
+``weights.npz`` (feature keys, idf, heads, temperatures) and ``config.json``: plain arrays
+and JSON, never pickle.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.svm import LinearSVC
 
 from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
+from fallback_models.features import WordNgramTfidf
 from fallback_models.topk import TOP_K, classifications
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
@@ -35,129 +43,169 @@ from llm_router.schemas import Classification
 
 logger = logging.getLogger(__name__)
 
-_VECTOR_KEYS = ("word", "char")
+FEATURES_FORMAT = "word-ngram-tfidf/2"
+CALIBRATION_SLICES = ("random", "latest")
 
 
 @dataclass(frozen=True)
 class TfidfConfig:
     """Hyper-parameters; the defaults were chosen on the shared arXiv data (BENCHMARKS.md)."""
 
-    word_ngram_max: int = 2
-    word_max_features: int = 300_000
-    char_ngram_min: int = 2
-    char_ngram_max: int = 5
-    char_max_features: int = 0  # 0: no character n-grams
+    max_features: int = 250_000
     min_df: int = 2
-    c: float = 0.5
-    mlp_hidden: int = 256  # 0: SVM only
+    ngram_max: int = 2
+    batch_size: int = 512
+    linear_epochs: int = 2
+    linear_lr: float = 1000.0  # SGD on the batch-mean loss of L2-normalised rows
+    mlp_hidden: int = 96  # 0: the softmax regression alone
     mlp_epochs: int = 4
-    mlp_batch_size: int = 256
-    mlp_learning_rate: float = 2e-3
+    mlp_lr: float = 200.0  # SGD for the network's sparse first layer
+    dense_lr: float = 3e-3  # Adam for the biases and the network's second layer
     mlp_dropout: float = 0.3
-    svm_weight: float = 0.5  # share of the SVM in the averaged probabilities
-    calibration_fraction: float = 0.03  # two temperatures need few rows; the rest trains
+    min_steps: int = 120  # small data sets get more epochs, so that each head gets this many
+    linear_weight: float = 0.5  # share of the regression in the averaged probabilities
+    weight_bits: int = 8  # 8: int8 with a scale per row; 16: float16
+    calibration_fraction: float = 0.03
+    calibration: str = "random"  # or "latest": the most recently published training rows
     seed: int = 42
 
-
-def _vectorizer_params(config: TfidfConfig, kind: str) -> dict[str, Any]:
-    common = {"sublinear_tf": True, "min_df": config.min_df, "dtype": np.float32}
-    if kind == "word":
-        return {
-            **common,
-            "analyzer": "word",
-            "ngram_range": (1, config.word_ngram_max),
-            "strip_accents": "unicode",
-            "max_features": config.word_max_features,
-        }
-    return {
-        **common,
-        "analyzer": "char_wb",
-        "ngram_range": (config.char_ngram_min, config.char_ngram_max),
-        "max_features": config.char_max_features,
-    }
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATION_SLICES:
+            raise ValueError(f"calibration must be one of {CALIBRATION_SLICES}")
+        if self.weight_bits not in (8, 16):
+            raise ValueError("weight_bits must be 8 or 16")
 
 
 @dataclass
-class MLPHead:
-    """relu(x @ w1 + b1) @ w2 + b2, trained on the sparse TF-IDF vectors."""
+class Head:
+    """Logits of a sparse TF-IDF batch: ``x @ w1 + b1`` when ``w2`` is None (the softmax
+    regression), else ``relu(x @ w1 + b1) @ w2 + b2``."""
 
-    w1: np.ndarray
+    w1: np.ndarray  # (n_features, width) float32, C order: scipy copies other layouts per call
     b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
+    w2: np.ndarray | None = None
+    b2: np.ndarray | None = None
 
     def logits(self, x: sp.csr_matrix) -> np.ndarray:
-        hidden = np.maximum(np.asarray(x @ self.w1) + self.b1, 0.0)
-        return np.asarray(hidden @ self.w2 + self.b2)
+        z = np.asarray(x @ self.w1) + self.b1
+        if self.w2 is None or self.b2 is None:
+            return z
+        return np.asarray(np.maximum(z, 0.0) @ self.w2 + self.b2)
+
+    def arrays(self, prefix: str, bits: int) -> dict[str, np.ndarray]:
+        found = {f"{prefix}_b1": self.b1}
+        found.update(_pack(f"{prefix}_w1", self.w1, bits))
+        if self.w2 is not None and self.b2 is not None:
+            found.update({f"{prefix}_w2": self.w2, f"{prefix}_b2": self.b2})
+        return found
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict[str, np.ndarray]) -> Head:
+        return cls(
+            _unpack(f"{prefix}_w1", arrays),
+            arrays[f"{prefix}_b1"],
+            arrays.get(f"{prefix}_w2"),
+            arrays.get(f"{prefix}_b2"),
+        )
 
 
-def _train_mlp(
-    x: sp.csr_matrix, y: np.ndarray, n_labels: int, config: TfidfConfig, say: Callable[[str], None]
-) -> MLPHead | None:
-    """Train the network with torch (sparse embedding-bag input layer); None without torch."""
+def _pack(name: str, w: np.ndarray, bits: int) -> dict[str, np.ndarray]:
+    """int8 with a float32 scale per row (symmetric), or float16."""
+    if bits == 16:
+        return {name: w.astype(np.float16)}
+    scale = np.abs(w).max(axis=1) / 127.0
+    safe = np.where(scale > 0, scale, 1.0)
+    q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    return {name: q, f"{name}_scale": scale.astype(np.float32)}
+
+
+def _unpack(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    w = arrays[name]
+    if f"{name}_scale" in arrays:
+        w = w.astype(np.float32) * arrays[f"{name}_scale"][:, None]
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _as_saved(w: np.ndarray, bits: int) -> np.ndarray:
+    """``w`` as it will be after a save and a load: the model is evaluated as it ships."""
+    return _unpack("w", _pack("w", w, bits))
+
+
+def _require_torch() -> Any:
     try:
         import torch
-    except ImportError:
-        logger.warning("torch is not installed: the tfidf model uses its SVM head only")
-        return None
-    torch.manual_seed(config.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))  # leave a core to the SVM fitting meanwhile
-    try:
-        return _train_mlp_torch(torch, x, y, n_labels, config, say)
-    finally:
-        torch.set_num_threads(threads)
+    except ImportError as exc:  # torch is a dependency; a broken install still says so
+        raise ModelNotAvailable(
+            "training the tfidf model needs torch: pip install torch",
+            classifier="tfidf",
+            reason="missing_dependency",
+        ) from exc
+    return torch
 
 
-def _train_mlp_torch(
-    torch: Any,
+def _train_head(
     x: sp.csr_matrix,
     y: np.ndarray,
     n_labels: int,
+    *,
+    hidden: int,
+    epochs: int,
+    lr: float,
     config: TfidfConfig,
     say: Callable[[str], None],
-) -> MLPHead:
+) -> Head:
+    """Train one head; ``hidden=0`` trains the softmax regression."""
+    torch = _require_torch()
+    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    n_features = x.shape[1]
-    first = torch.nn.EmbeddingBag(n_features, config.mlp_hidden, mode="sum", sparse=True)
-    torch.nn.init.normal_(first.weight, std=0.02)
-    bias = torch.nn.Parameter(torch.zeros(config.mlp_hidden))
-    out = torch.nn.Linear(config.mlp_hidden, n_labels)
+    width = hidden or n_labels
+    first = torch.nn.EmbeddingBag(x.shape[1], width, mode="sum", sparse=True)
+    torch.nn.init.normal_(first.weight, std=0.02 if hidden else 0.0)
+    bias = torch.nn.Parameter(torch.zeros(width))
+    out = torch.nn.Linear(hidden, n_labels) if hidden else None
     dropout = torch.nn.Dropout(config.mlp_dropout)
-    sparse_opt = torch.optim.SparseAdam(list(first.parameters()), lr=config.mlp_learning_rate)
-    dense_opt = torch.optim.Adam([bias, *out.parameters()], lr=config.mlp_learning_rate)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    sparse_opt = torch.optim.SGD(list(first.parameters()), lr=lr)
+    dense = [bias, *(out.parameters() if out is not None else [])]
+    dense_opt = torch.optim.Adam(dense, lr=config.dense_lr)
     targets = torch.from_numpy(y.astype(np.int64))
-    for epoch in range(config.mlp_epochs):
-        say(f"training the network, epoch {epoch + 1}/{config.mlp_epochs}")
+    batches = math.ceil(x.shape[0] / config.batch_size)
+    epochs = max(epochs, math.ceil(config.min_steps / batches))
+    what = f"network (hidden {hidden})" if hidden else "softmax regression"
+    for epoch in range(epochs):
+        say(f"training the {what}, epoch {epoch + 1}/{epochs}")
         order = rng.permutation(x.shape[0])
-        for start in range(0, len(order), config.mlp_batch_size):
-            rows = order[start : start + config.mlp_batch_size]
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
             batch = x[rows]
-            hidden = first(
+            z = first(
                 torch.from_numpy(batch.indices.astype(np.int64)),
                 torch.from_numpy(batch.indptr[:-1].astype(np.int64)),
                 per_sample_weights=torch.from_numpy(batch.data.astype(np.float32)),
             )
-            logits = out(dropout(torch.relu(hidden + bias)))
-            loss = loss_fn(logits, targets[rows])
+            z = z + bias
+            logits = out(dropout(torch.relu(z))) if out is not None else z
+            loss = torch.nn.functional.cross_entropy(logits, targets[rows])
             sparse_opt.zero_grad()
             dense_opt.zero_grad()
             loss.backward()
             sparse_opt.step()
             dense_opt.step()
+    bits = config.weight_bits
     with torch.no_grad():
-        return MLPHead(
-            # The first layer is stored as float16: quantise now so saved == trained.
-            w1=first.weight.numpy().astype(np.float16).astype(np.float32),
-            b1=bias.numpy().astype(np.float32),
-            w2=out.weight.numpy().T.astype(np.float32).copy(),
-            b2=out.bias.numpy().astype(np.float32),
+        w1 = _as_saved(first.weight.numpy(), bits)
+        b1 = bias.numpy().astype(np.float32).copy()
+        if out is None:
+            return Head(w1, b1)
+        return Head(
+            w1,
+            b1,
+            out.weight.numpy().T.astype(np.float32).copy(),
+            out.bias.numpy().astype(np.float32).copy(),
         )
 
 
 def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature that minimises the log loss of held-out decision scores."""
+    """The softmax temperature that minimises the log loss of held-out logits."""
 
     def nll(log_t: float) -> float:
         logp = log_softmax(scores / np.exp(log_t), axis=1)
@@ -165,6 +213,27 @@ def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(10.0)), method="bounded")
     return float(np.exp(result.x))
+
+
+def calibration_rows(
+    n: int, config: TfidfConfig, published: Sequence[str | None] | None = None
+) -> np.ndarray:
+    """Which of ``n`` training rows calibrate (boolean mask): a seeded random slice, or with
+    ``calibration="latest"`` the most recently published ones (undated rows count as oldest;
+    ties broken by position)."""
+    size = round(config.calibration_fraction * n)
+    mask = np.zeros(n, dtype=bool)
+    if size == 0:
+        return mask
+    if config.calibration == "latest":
+        if published is None or len(published) != n:
+            raise ValueError("calibration='latest' needs the rows' published dates")
+        order = sorted(range(n), key=lambda i: (published[i] or "", i))
+        mask[order[-size:]] = True
+        return mask
+    rng = np.random.default_rng(config.seed)
+    mask[rng.choice(n, size=size, replace=False)] = True
+    return mask
 
 
 class TfidfClassifier:
@@ -175,24 +244,23 @@ class TfidfClassifier:
     def __init__(
         self,
         labels: LabelSet,
-        vectorizers: dict[str, TfidfVectorizer],
-        coef: np.ndarray,
-        intercept: np.ndarray,
-        temperature: float,
+        features: WordNgramTfidf,
+        linear: Head,
         config: TfidfConfig,
-        mlp: MLPHead | None = None,
-        mlp_temperature: float = 1.0,
+        mlp: Head | None = None,
+        temperatures: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         self.labels = labels
-        self.vectorizers = vectorizers
-        # (n_features, n_labels) float32 in C order: scipy copies any other layout per call.
-        self.coef = coef
-        self.intercept = intercept
-        self.temperature = temperature
-        self.config = config
+        self.features = features
+        self.linear = linear
         self.mlp = mlp
-        self.mlp_temperature = mlp_temperature
+        self.config = config
+        self.temperatures = temperatures  # (regression, network)
         self.metrics: dict[str, Any] = {}
+
+    @property
+    def temperature(self) -> float:
+        return self.temperatures[0]
 
     # -- training ---------------------------------------------------------------------------
     @classmethod
@@ -203,84 +271,84 @@ class TfidfClassifier:
         labels: LabelSet,
         config: TfidfConfig | None = None,
         progress: Callable[[str], None] | None = None,
+        published: Sequence[str | None] | None = None,
     ) -> TfidfClassifier:
-        """Fit on ``texts`` with deployed-label ``targets``; a slice calibrates the scores."""
+        """Fit on ``texts`` with deployed-label ``targets``; a slice calibrates the scores
+        (``published`` dates are needed when ``config.calibration == "latest"``)."""
         config = config or TfidfConfig()
         say = progress or (lambda _msg: None)
         y = np.array([labels.index(t) for t in targets])
-        rng = np.random.default_rng(config.seed)
-        calib = rng.random(len(y)) < config.calibration_fraction
+        calib = calibration_rows(len(y), config, published)
         fit_idx, cal_idx = np.flatnonzero(~calib), np.flatnonzero(calib)
-        fit_texts = [texts[int(i)] for i in fit_idx]
 
-        vectorizers: dict[str, TfidfVectorizer] = {}
-        blocks = []
-        for kind in _VECTOR_KEYS:
-            if kind == "char" and not config.char_max_features:
-                continue
-            say(f"vectorising ({kind} n-grams)")
-            vec = TfidfVectorizer(**_vectorizer_params(config, kind))
-            blocks.append(vec.fit_transform(fit_texts))
-            vectorizers[kind] = vec
-        x_fit = sp.hstack(blocks).tocsr() if len(blocks) > 1 else blocks[0].tocsr()
-
-        say(f"fitting a linear SVM on {x_fit.shape[0]:,} rows x {x_fit.shape[1]:,} features")
-        svm = LinearSVC(C=config.c, dual="auto", random_state=config.seed)
-        # liblinear releases the GIL: the network trains on the other core meanwhile.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            svm_done = pool.submit(svm.fit, x_fit, y[fit_idx])
-            mlp = None
-            if config.mlp_hidden > 0:
-                mlp = _train_mlp(x_fit, y[fit_idx], len(labels), config, say)
-            svm_done.result()
-        coef = np.zeros((x_fit.shape[1], len(labels)), dtype=np.float32)
-        intercept = np.full(len(labels), -1e3, dtype=np.float32)  # labels never seen: never win
-        classes = svm.classes_
-        if len(classes) == 2:  # sklearn's binary case: one weight vector for class 1
-            coef[:, classes[1]] = svm.coef_[0]
-            coef[:, classes[0]] = -svm.coef_[0]
-            intercept[classes[1]], intercept[classes[0]] = svm.intercept_[0], -svm.intercept_[0]
-        else:
-            coef[:, classes] = svm.coef_.T
-            intercept[classes] = svm.intercept_
-        # Stored as float16: quantise now, so the saved model is exactly the trained one.
-        coef = coef.astype(np.float16).astype(np.float32)
-        model = cls(labels, vectorizers, np.ascontiguousarray(coef), intercept, 1.0, config, mlp)
+        say("vectorising (word 1-2-grams)")
+        features, x_fit = WordNgramTfidf.fit(
+            [texts[int(i)] for i in fit_idx],
+            max_features=config.max_features,
+            min_df=config.min_df,
+            ngram_max=config.ngram_max,
+        )
+        if features.n_features == 0:
+            raise ValueError("no n-gram occurs in min_df training texts: too little data")
+        y_fit = y[fit_idx]
+        common = {"config": config, "say": say}
+        linear = _train_head(
+            x_fit,
+            y_fit,
+            len(labels),
+            hidden=0,
+            epochs=config.linear_epochs,
+            lr=config.linear_lr,
+            **common,
+        )
+        mlp = None
+        if config.mlp_hidden > 0:
+            mlp = _train_head(
+                x_fit,
+                y_fit,
+                len(labels),
+                hidden=config.mlp_hidden,
+                epochs=config.mlp_epochs,
+                lr=config.mlp_lr,
+                **common,
+            )
+        del x_fit
+        model = cls(labels, features, linear, config, mlp)
         if len(cal_idx):
-            say(f"calibrating on {len(cal_idx):,} held-out rows")
-            x_cal = model.transform([texts[int(i)] for i in cal_idx])
-            model.temperature = _fit_temperature(model._svm_scores(x_cal), y[cal_idx])
-            if mlp is not None:
-                model.mlp_temperature = _fit_temperature(mlp.logits(x_cal), y[cal_idx])
+            say(f"calibrating on {len(cal_idx):,} held-out rows ({config.calibration})")
+            x_cal = features.transform([texts[int(i)] for i in cal_idx])
+            model.temperatures = (
+                _fit_temperature(linear.logits(x_cal), y[cal_idx]),
+                _fit_temperature(mlp.logits(x_cal), y[cal_idx]) if mlp is not None else 1.0,
+            )
         return model
 
     # -- inference --------------------------------------------------------------------------
-    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        blocks = [
-            self.vectorizers[k].transform(texts) for k in _VECTOR_KEYS if k in self.vectorizers
-        ]
-        return sp.hstack(blocks).tocsr() if len(blocks) > 1 else blocks[0]
-
-    def _svm_scores(self, x: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(x @ self.coef + self.intercept)
-
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, shape (len(texts), len(labels)), columns in label order."""
-        x = self.transform(texts)
-        proba = softmax(self._svm_scores(x) / self.temperature, axis=1)
+        x = self.features.transform(texts)
+        t_linear, t_mlp = self.temperatures
+        proba = softmax(self.linear.logits(x) / t_linear, axis=1)
         if self.mlp is not None:
-            weight = self.config.svm_weight
-            mlp = softmax(self.mlp.logits(x) / self.mlp_temperature, axis=1)
-            proba = weight * proba + (1.0 - weight) * mlp
+            weight = self.config.linear_weight
+            proba = weight * proba + (1.0 - weight) * softmax(self.mlp.logits(x) / t_mlp, axis=1)
         return np.asarray(proba)
+
+    @property
+    def model_name(self) -> str:
+        return "tfidf-softmax+mlp" if self.mlp is not None else "tfidf-softmax"
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
         started = time.perf_counter()
         proba = self.predict_proba(texts)
         per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        model = "tfidf-svm+mlp" if self.mlp is not None else "tfidf-svm"
         return classifications(
-            proba, self.labels, source=self.name, model=model, latency_ms=per_text_ms, top_k=top_k
+            proba,
+            self.labels,
+            source=self.name,
+            model=self.model_name,
+            latency_ms=per_text_ms,
+            top_k=top_k,
         )
 
     def classify(self, text: str) -> Classification:
@@ -290,26 +358,20 @@ class TfidfClassifier:
     def save(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
         """Write the model as JSON + ``.npz`` and a manifest with every file's sha256."""
         clear_directory(directory)
-        vocab = {}
+        bits = self.config.weight_bits
         arrays: dict[str, np.ndarray] = {
-            "coef": np.ascontiguousarray(self.coef.astype(np.float16)),
-            "intercept": self.intercept,
-            "temperature": np.array([self.temperature], dtype=np.float64),
+            "keys": self.features.keys,
+            "idf": self.features.idf,
+            "temperatures": np.array(self.temperatures, dtype=np.float64),
+            **self.linear.arrays("linear", bits),
         }
         if self.mlp is not None:
-            arrays.update(
-                mlp_w1=self.mlp.w1.astype(np.float16),
-                mlp_b1=self.mlp.b1,
-                mlp_w2=self.mlp.w2,
-                mlp_b2=self.mlp.b2,
-                mlp_temperature=np.array([self.mlp_temperature], dtype=np.float64),
-            )
-        for kind, vec in self.vectorizers.items():
-            terms = [""] * len(vec.vocabulary_)
-            for term, col in vec.vocabulary_.items():
-                terms[col] = term
-            vocab[kind] = terms
-            arrays[f"idf_{kind}"] = vec.idf_.astype(np.float32)
+            arrays.update(self.mlp.arrays("mlp", bits))
+        vocab = {
+            "format": FEATURES_FORMAT,
+            "ngram_max": self.features.ngram_max,
+            "tokens": self.features.tokens,
+        }
         (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
         np.savez(directory / "weights.npz", allow_pickle=False, **arrays)
         (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
@@ -320,50 +382,34 @@ class TfidfClassifier:
         """Verify the directory against its manifest, then load it (no pickle involved).
 
         Raises:
-            ModelNotAvailable: missing, incomplete or tampered artifacts.
+            ModelNotAvailable: missing, incomplete, tampered or outdated artifacts.
         """
         manifest = verify_artifacts(directory, "tfidf")
         try:
+            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+            if not isinstance(vocab, dict) or vocab.get("format") != FEATURES_FORMAT:
+                raise ModelNotAvailable(
+                    f"the tfidf model in {directory} was trained by an older version of "
+                    "llm-router; retrain it: python -m fallback_models train tfidf --data PATH",
+                    classifier="tfidf",
+                    reason="bad_artifacts",
+                )
             labels = LabelSet.from_dict(manifest["label_set"])
             config = TfidfConfig(**json.loads((directory / "config.json").read_text()))
-            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
             with np.load(directory / "weights.npz", allow_pickle=False) as weights:
                 arrays = {key: weights[key] for key in weights.files}
-            vectorizers = {}
-            for kind in _VECTOR_KEYS:
-                if kind not in vocab:
-                    continue
-                params = _vectorizer_params(config, kind)
-                params.update(max_features=None, min_df=1)
-                vec = TfidfVectorizer(
-                    **params, vocabulary={t: i for i, t in enumerate(vocab[kind])}
-                )
-                vec.idf_ = arrays[f"idf_{kind}"]
-                vectorizers[kind] = vec
-            coef = np.ascontiguousarray(arrays["coef"].astype(np.float32))
-            mlp = None
-            if "mlp_w1" in arrays:
-                mlp = MLPHead(
-                    arrays["mlp_w1"].astype(np.float32),
-                    arrays["mlp_b1"],
-                    arrays["mlp_w2"],
-                    arrays["mlp_b2"],
-                )
+            features = WordNgramTfidf(
+                vocab["tokens"], arrays["keys"], arrays["idf"], int(vocab["ngram_max"])
+            )
+            linear = Head.from_arrays("linear", arrays)
+            mlp = Head.from_arrays("mlp", arrays) if "mlp_w1" in arrays else None
+            t_linear, t_mlp = (float(t) for t in arrays["temperatures"])
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise ModelNotAvailable(
                 f"cannot load tfidf model from {directory}: {exc}",
                 classifier="tfidf",
                 reason="bad_artifacts",
             ) from exc
-        model = cls(
-            labels,
-            vectorizers,
-            coef,
-            arrays["intercept"],
-            float(arrays["temperature"][0]),
-            config,
-            mlp,
-            float(arrays["mlp_temperature"][0]) if mlp is not None else 1.0,
-        )
+        model = cls(labels, features, linear, config, mlp, (t_linear, t_mlp))
         model.metrics = manifest.get("metrics", {})
         return model

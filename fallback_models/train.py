@@ -12,9 +12,15 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.metrics import confused_pairs, f1_scores, macro_weighted_f1, top_k_accuracy
+from eval.metrics import (
+    confused_pairs,
+    expected_calibration_error,
+    f1_scores,
+    macro_weighted_f1,
+    top_k_accuracy,
+)
 from fallback_models.artifacts import library_versions
-from fallback_models.data import Paper, data_fingerprint, load_papers, split_ids
+from fallback_models.data import DataError, Paper, data_fingerprint, load_papers, split_ids
 from llm_router.labels import MIN_ROWS, LabelSet
 
 logger = logging.getLogger(__name__)
@@ -33,9 +39,22 @@ class Dataset:
     test_idx: list[int]
     seed: int
     test_fraction: float
+    split: str = "random"
+    cutoff: str | None = None
 
     def texts(self, idx: Sequence[int]) -> list[str]:
         return [self.papers[i].text for i in idx]
+
+    def published(self, idx: Sequence[int]) -> list[str | None]:
+        return [self.papers[i].published for i in idx]
+
+    def listed(self, idx: Sequence[int]) -> list[set[str]]:
+        """Each row's listed categories in the deployed label space (the target included)."""
+        to_deployed = self.labels.to_deployed
+        return [
+            {to_deployed(c) or "other" for c in self.papers[i].categories} | {self.targets[i]}
+            for i in idx
+        ]
 
     def y(self, idx: Sequence[int]) -> list[str]:
         return [self.targets[i] for i in idx]
@@ -44,6 +63,8 @@ class Dataset:
         return {
             "data": {"source": self.source, "sha256": self.fingerprint, "rows": len(self.papers)},
             "split": {
+                "kind": self.split,
+                **({"cutoff": self.cutoff} if self.cutoff else {}),
                 "seed": self.seed,
                 "test_fraction": self.test_fraction,
                 "train_rows": len(self.train_idx),
@@ -52,10 +73,27 @@ class Dataset:
         }
 
 
+SPLITS = ("random", "temporal")
+TEMPORAL_CUTOFF = "2026-03-01"
+
+
 def prepare_dataset(
-    source: str, *, seed: int = 42, test_fraction: float = 0.1, min_rows: int = MIN_ROWS
+    source: str,
+    *,
+    seed: int = 42,
+    test_fraction: float = 0.1,
+    min_rows: int = MIN_ROWS,
+    split: str = "random",
+    cutoff: str = TEMPORAL_CUTOFF,
 ) -> Dataset:
-    """Load ``source``, balance labels over all rows, then split 90/10 by label, seeded."""
+    """Load ``source`` and balance labels over all rows, then split.
+
+    ``random``: 90/10 by label, seeded. ``temporal``: train on papers published before
+    ``cutoff`` (``YYYY-MM-DD``), test on those published on or after it; rows without a
+    date are in neither.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     papers = load_papers(source)
     labels = LabelSet.from_raw_labels((p.primary_category for p in papers), min_rows)
     targets = [labels.to_deployed(p.primary_category) or "other" for p in papers]
@@ -64,12 +102,21 @@ def prepare_dataset(
         logger.warning(
             "%d duplicate ids in %s; the split treats them as one paper", duplicates, source
         )
-    train_ids, test_ids = split_ids(
-        [p.id for p in papers], targets, test_fraction=test_fraction, seed=seed
-    )
-    test_set = set(test_ids)
-    test_idx = [i for i, p in enumerate(papers) if p.id in test_set]
-    train_idx = [i for i, p in enumerate(papers) if p.id not in test_set]
+    if split == "temporal":
+        train_idx = [i for i, p in enumerate(papers) if p.published and p.published < cutoff]
+        test_idx = [i for i, p in enumerate(papers) if p.published and p.published >= cutoff]
+        if not train_idx or not test_idx:
+            raise DataError(
+                f"{source}: a temporal split at {cutoff} needs dated rows on both sides "
+                f"({len(train_idx)} before, {len(test_idx)} on or after)"
+            )
+    else:
+        train_ids, test_ids = split_ids(
+            [p.id for p in papers], targets, test_fraction=test_fraction, seed=seed
+        )
+        test_set = set(test_ids)
+        test_idx = [i for i, p in enumerate(papers) if p.id in test_set]
+        train_idx = [i for i, p in enumerate(papers) if p.id not in test_set]
     return Dataset(
         source,
         data_fingerprint(source),
@@ -80,6 +127,8 @@ def prepare_dataset(
         test_idx,
         seed,
         test_fraction,
+        split,
+        cutoff if split == "temporal" else None,
     )
 
 
@@ -90,9 +139,15 @@ class ProbabilisticModel(Protocol):
 
 
 def evaluate(
-    model: ProbabilisticModel, texts: Sequence[str], truth: Sequence[str], batch: int = 512
+    model: ProbabilisticModel,
+    texts: Sequence[str],
+    truth: Sequence[str],
+    batch: int = 512,
+    listed: Sequence[set[str]] | None = None,
 ) -> dict[str, Any]:
-    """Top-1, top-5, macro/weighted F1, the worst classes and the most confused pairs."""
+    """Top-1, top-5, macro/weighted F1, the calibration error of the top-1 probability, the
+    worst classes and the most confused pairs; with ``listed`` (each row's listed categories)
+    also the share of rows whose top-1 is one of them."""
     started = time.perf_counter()
     proba = np.vstack(
         [model.predict_proba(texts[i : i + batch]) for i in range(0, len(texts), batch)]
@@ -103,13 +158,21 @@ def evaluate(
     predicted = [names[row[0]] for row in top]
     candidates = [[names[i] for i in row] for row in top]
     macro, weighted = macro_weighted_f1(truth, predicted)
+    correct = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
+    extra = {}
+    if listed is not None:
+        extra["top1_listed"] = float(
+            np.mean([p in cats for p, cats in zip(predicted, listed, strict=True)])
+        )
     per_class = f1_scores(truth, predicted)
     support = {label: truth.count(label) for label in set(truth)}
     worst = sorted(support, key=lambda c: (per_class[c], c))[:10]
     return {
         "test_rows": len(truth),
-        "top1": float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)])),
+        "top1": float(correct.mean()),
         "top5": top_k_accuracy(truth, candidates, 5),
+        **extra,
+        "ece": expected_calibration_error(proba.max(axis=1), correct),
         "macro_f1": macro,
         "weighted_f1": weighted,
         "inference_ms_per_text": seconds * 1000 / max(1, len(texts)),
@@ -127,9 +190,7 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
     from fallback_models.tfidf import TfidfClassifier, TfidfConfig
 
     config = config or TfidfConfig()
-    stages = tqdm(
-        total=4 + (config.mlp_epochs if config.mlp_hidden else 0), desc="tfidf", unit="stage"
-    )
+    stages = tqdm(desc="tfidf", unit="stage", bar_format="{desc}: {elapsed} {postfix}")
 
     def progress(message: str) -> None:
         stages.set_postfix_str(message)
@@ -142,11 +203,14 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
         dataset.labels,
         config,
         progress,
+        published=dataset.published(dataset.train_idx),
     )
     train_s = time.perf_counter() - started
-    stages.set_postfix_str("evaluating on the test split")
-    metrics = evaluate(model, dataset.texts(dataset.test_idx), dataset.y(dataset.test_idx))
-    stages.update(stages.total - stages.n)
+    progress("evaluating on the test split")
+    test = dataset.test_idx
+    metrics = evaluate(
+        model, dataset.texts(test), dataset.y(test), listed=dataset.listed(test)
+    )
     stages.close()
     metrics["train_seconds"] = round(train_s, 1)
     return model.save(
@@ -154,7 +218,7 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
         **dataset.manifest_fields(),
         config=asdict(config),
         metrics=metrics,
-        library_versions=library_versions("scikit-learn", "numpy", "scipy"),
+        library_versions=library_versions("numpy", "scipy", "torch"),
     )
 
 
@@ -195,7 +259,9 @@ def train_bert(
     )
     train_s = time.perf_counter() - started
     bar.close()
-    metrics = evaluate(model, dataset.texts(test_idx), dataset.y(test_idx), batch=256)
+    metrics = evaluate(
+        model, dataset.texts(test_idx), dataset.y(test_idx), batch=256, listed=dataset.listed(test_idx)
+    )
     metrics.update(train_seconds=round(train_s, 1), train_rows=len(train_idx), device=device)
     return model.save(
         out,

@@ -7,7 +7,7 @@ from pathlib import Path
 from fallback_models.tfidf import TfidfConfig
 from fallback_models.train import prepare_dataset, train_tfidf
 
-SMALL = TfidfConfig(word_max_features=30_000, min_df=2)
+SMALL = TfidfConfig(max_features=30_000, min_df=2)
 
 
 def train_small_tfidf(data: Path, model_root: Path) -> Path:

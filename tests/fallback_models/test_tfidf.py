@@ -28,7 +28,7 @@ def test_manifest_records_what_a_user_needs(trained_models):
     assert {"top1", "top5", "macro_f1", "worst_classes", "confused_pairs"} <= set(
         manifest["metrics"]
     )
-    assert "scikit-learn" in manifest["library_versions"]
+    assert "torch" in manifest["library_versions"]
 
 
 def test_learns_something_real(trained_models):
