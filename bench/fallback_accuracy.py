@@ -6,6 +6,11 @@ the notebook's TF-IDF(stop_words="english", max_features=10000) + one-vs-rest lo
 regression, and our `tfidf` model (training time, top-1/top-5/macro-F1, inference time per
 abstract one at a time and batched), plus a trained BERT model when --bert-dir is given.
 
+Single-text latency is measured twice: the model's own ``classify`` and the whole
+``Router.classify`` path (no API key, so the router answers from the local model at once).
+With ``--bert-dir`` the BERT model and the ``ensemble`` (BERT and TF-IDF averaged) are
+evaluated on the same rows.
+
 Run: python bench/fallback_accuracy.py [--bert-dir models/bert] [--out bench/results/fallback.json]
 """
 
@@ -13,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench._common import ABSTRACTS, emit  # noqa: E402
+from fallback_models.ensemble import EnsembleClassifier  # noqa: E402
 from fallback_models.tfidf import TfidfClassifier  # noqa: E402
 from fallback_models.train import evaluate, prepare_dataset  # noqa: E402
+from llm_router import Router, Settings  # noqa: E402
 
 
 class NotebookPipeline:
@@ -49,6 +59,18 @@ class NotebookPipeline:
         return proba
 
 
+def _single_ms(classify: Callable[[str], object], texts: list[str]) -> float:
+    """Median milliseconds of one call, over 500 texts after 20 warm-up calls."""
+    for text in texts[:20]:
+        classify(text)
+    samples = []
+    for text in texts[:500]:
+        s0 = time.perf_counter()
+        classify(text)
+        samples.append(time.perf_counter() - s0)
+    return round(float(np.median(samples)) * 1000, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ABSTRACTS))
@@ -69,6 +91,7 @@ def main() -> None:
     )
     train_x, train_y = ds.texts(ds.train_idx), ds.y(ds.train_idx)
     test_x, test_y = ds.texts(ds.test_idx), ds.y(ds.test_idx)
+    listed = ds.listed(ds.test_idx)
     results: dict[str, object] = {
         "rows": len(ds.papers),
         "labels": len(ds.labels),
@@ -97,19 +120,22 @@ def main() -> None:
             train_x, train_y, ds.labels, progress=lambda s: print(s, file=sys.stderr)
         )
         train_s = time.perf_counter() - t0
-    m = evaluate(model, test_x, test_y)
-    single = []
-    for text in test_x[:20]:  # warm-up
-        model.classify(text)
-    for text in test_x[:500]:
-        s0 = time.perf_counter()
-        model.classify(text)
-        single.append(time.perf_counter() - s0)
+    m = evaluate(model, test_x, test_y, listed=listed)
+    single = _single_ms(model.classify, test_x)
+    with tempfile.TemporaryDirectory() as root:
+        if args.tfidf_dir:
+            shutil.copytree(args.tfidf_dir, Path(root) / "tfidf")
+        else:
+            model.save(Path(root) / "tfidf", **ds.manifest_fields(), metrics=m)
+        settings = Settings(model_dir=Path(root), fallbacks="tfidf", cache=False, api_key="")
+        router = Router.from_settings(settings)
+        routed = _single_ms(router.classify, test_x)
     results["tfidf"] = {
         "train_seconds": round(train_s, 1),
-        **{k: m[k] for k in ("top1", "top5", "macro_f1", "weighted_f1")},
+        **{k: m[k] for k in ("top1", "top5", "top1_listed", "macro_f1", "weighted_f1", "ece")},
         "batched_ms_per_abstract": round(m["inference_ms_per_text"], 4),
-        "single_ms_per_abstract_median": round(float(np.median(single)) * 1000, 3),
+        "single_ms_per_abstract_median": single,
+        "router_classify_ms_median": routed,
         "worst_classes": m["worst_classes"],
         "confused_pairs": m["confused_pairs"],
     }
@@ -124,7 +150,18 @@ def main() -> None:
             idx = sorted(
                 np.random.default_rng(ds.seed).choice(idx, args.max_bert_test, replace=False)
             )
-        bm = evaluate(bert, [test_x[i] for i in idx], [test_y[i] for i in idx], batch=256)
+        sub_x, sub_y = [test_x[i] for i in idx], [test_y[i] for i in idx]
+        sub_listed = [listed[i] for i in idx]
+        bm = evaluate(bert, sub_x, sub_y, batch=256, listed=sub_listed)
+        tm = evaluate(model, sub_x, sub_y, listed=sub_listed)
+        em = evaluate(EnsembleClassifier([bert, model]), sub_x, sub_y, batch=256, listed=sub_listed)
+        keys = ("top1", "top5", "top1_listed", "macro_f1", "ece")
+        results["same_rows"] = {
+            "rows": len(idx),
+            "tfidf": {k: tm[k] for k in keys},
+            "bert": {k: bm[k] for k in keys},
+            "ensemble": {k: em[k] for k in keys},
+        }
         manifest = json.loads((args.bert_dir / "manifest.json").read_text())
         results["bert"] = {
             "device": bert.device,
@@ -132,7 +169,7 @@ def main() -> None:
                 k: manifest["metrics"].get(k) for k in ("train_rows", "train_seconds", "device")
             },
             "test_rows": len(idx),
-            **{k: bm[k] for k in ("top1", "top5", "macro_f1", "weighted_f1")},
+            **{k: bm[k] for k in ("top1", "top5", "macro_f1", "weighted_f1", "ece")},
             "batched_ms_per_abstract": round(bm["inference_ms_per_text"], 3),
             "worst_classes": bm["worst_classes"][:5],
         }

@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 from eval.pricing import estimate, fetch_price, parse_price
 from eval.report import system_figures, table, write_report
 from eval.sampling import stratified_sample
-from eval.systems import ALL_SYSTEMS, Outcome, System, build_systems, run_concurrent, run_local
+from eval.systems import (
+    ALL_SYSTEMS,
+    DEFAULT_SYSTEMS,
+    Outcome,
+    System,
+    build_systems,
+    run_concurrent,
+    run_local,
+)
 from fallback_models.artifacts import read_manifest, test_ids
 from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
 from llm_router.budget import Budget, Price
@@ -32,6 +40,7 @@ from llm_router.redact import redact_url
 from llm_router.settings import Settings
 
 logger = logging.getLogger("eval")
+RUN_ORDER = ("llm", "router", "bert", "tfidf", "ensemble")
 
 
 class UsageError(Exception):
@@ -58,8 +67,9 @@ def _parser() -> _Parser:
     )
     p.add_argument(
         "--systems",
-        default=",".join(ALL_SYSTEMS),
-        help="comma-separated subset of router,llm,bert,tfidf (default: all)",
+        default=",".join(DEFAULT_SYSTEMS),
+        help="comma-separated subset of router,llm,bert,tfidf,ensemble "
+        "(default: router,llm,bert,tfidf)",
     )
     p.add_argument("--max-requests", type=int, help="HTTP attempts allowed in all (default 3×n)")
     p.add_argument("--max-tokens", type=int, help="prompt+completion tokens allowed in all")
@@ -214,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     limiter = RateLimiter(args.rpm, max_pause_s=settings.retry_after_max_s)
     systems, chain = build_systems(systems_wanted, settings, budget, limiter)
     # The LLM alone first: the router then finds its answers in the cache, paying once.
-    order = sorted(systems, key=lambda s: ("llm", "router", "bert", "tfidf").index(s.name))
+    order = sorted(systems, key=lambda s: RUN_ORDER.index(s.name))
     outcomes: dict[str, list[Outcome]] = {}
     spent: dict[str, dict[str, Any]] = {}
     status = "completed"

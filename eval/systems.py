@@ -21,7 +21,8 @@ from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ALL_SYSTEMS = ("router", "llm", "bert", "tfidf")
+ALL_SYSTEMS = ("router", "llm", "bert", "tfidf", "ensemble")
+DEFAULT_SYSTEMS = ("router", "llm", "bert", "tfidf")
 
 
 @dataclass

@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
             from fallback_models.tfidf import TfidfConfig
 
-            config = TfidfConfig(seed=args.seed)
+            tfidf_config = TfidfConfig(seed=args.seed)
             if args.calibration:
-                config = replace(config, calibration=args.calibration)
-            manifest = train_tfidf(dataset, out, config)
+                tfidf_config = replace(tfidf_config, calibration=args.calibration)
+            manifest = train_tfidf(dataset, out, tfidf_config)
         else:
             from fallback_models.bert import BertConfig, default_base_model
 

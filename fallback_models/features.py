@@ -108,7 +108,8 @@ class WordNgramTfidf:
         ``min_df``); returns the vectoriser and the training rows, already transformed."""
         table: dict[str, int] = {}
         setdefault = table.setdefault
-        chunks, lengths = [], []
+        chunks: list[np.ndarray] = []
+        lengths: list[int] = []
         for start in range(0, len(texts), _CHUNK):  # token strings of one chunk at a time
             docs = tokenise(texts[start : start + _CHUNK])
             chunks.append(

@@ -9,8 +9,10 @@ Both heads read the same TF-IDF vector (title + abstract, ``features.WordNgramTf
 Their first layers are sparse lookups trained with plain SGD (only the rows of the features
 a batch holds are touched, so an epoch over 80k abstracts takes seconds), the small dense
 layers with Adam. Each head's logits are calibrated with a softmax temperature fitted on
-held-out training rows (a random slice, or the most recently published slice), and the two
-probability vectors are averaged. Training needs torch; inference is numpy/scipy.
+held-out training rows (a random slice, or the most recently published slice); the two
+log-probability vectors are averaged and the mix gets a temperature of its own, fitted on the
+same rows (an average of calibrated heads is less sure than either). Training needs torch;
+inference is numpy/scipy.
 
 The large matrices are stored as int8 with one float scale per row (``weight_bits=8``);
 the model is evaluated with the weights it saves. Files: ``vocab.json`` (token table),
@@ -63,7 +65,7 @@ class TfidfConfig:
     dense_lr: float = 3e-3  # Adam for the biases and the network's second layer
     mlp_dropout: float = 0.3
     min_steps: int = 120  # small data sets get more epochs, so that each head gets this many
-    linear_weight: float = 0.5  # share of the regression in the averaged probabilities
+    linear_weight: float = 0.5  # share of the regression in the averaged log-probabilities
     weight_bits: int = 8  # 8: int8 with a scale per row; 16: float16
     calibration_fraction: float = 0.03
     calibration: str = "random"  # or "latest": the most recently published training rows
@@ -87,7 +89,7 @@ class Head:
     b2: np.ndarray | None = None
 
     def logits(self, x: sp.csr_matrix) -> np.ndarray:
-        z = np.asarray(x @ self.w1) + self.b1
+        z: np.ndarray = np.asarray(x @ self.w1) + self.b1
         if self.w2 is None or self.b2 is None:
             return z
         return np.asarray(np.maximum(z, 0.0) @ self.w2 + self.b2)
@@ -248,14 +250,14 @@ class TfidfClassifier:
         linear: Head,
         config: TfidfConfig,
         mlp: Head | None = None,
-        temperatures: tuple[float, float] = (1.0, 1.0),
+        temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         self.labels = labels
         self.features = features
         self.linear = linear
         self.mlp = mlp
         self.config = config
-        self.temperatures = temperatures  # (regression, network)
+        self.temperatures = temperatures  # (regression, network, their combination)
         self.metrics: dict[str, Any] = {}
 
     @property
@@ -291,7 +293,6 @@ class TfidfClassifier:
         if features.n_features == 0:
             raise ValueError("no n-gram occurs in min_df training texts: too little data")
         y_fit = y[fit_idx]
-        common = {"config": config, "say": say}
         linear = _train_head(
             x_fit,
             y_fit,
@@ -299,7 +300,8 @@ class TfidfClassifier:
             hidden=0,
             epochs=config.linear_epochs,
             lr=config.linear_lr,
-            **common,
+            config=config,
+            say=say,
         )
         mlp = None
         if config.mlp_hidden > 0:
@@ -310,29 +312,36 @@ class TfidfClassifier:
                 hidden=config.mlp_hidden,
                 epochs=config.mlp_epochs,
                 lr=config.mlp_lr,
-                **common,
+                config=config,
+                say=say,
             )
         del x_fit
         model = cls(labels, features, linear, config, mlp)
         if len(cal_idx):
             say(f"calibrating on {len(cal_idx):,} held-out rows ({config.calibration})")
             x_cal = features.transform([texts[int(i)] for i in cal_idx])
-            model.temperatures = (
-                _fit_temperature(linear.logits(x_cal), y[cal_idx]),
-                _fit_temperature(mlp.logits(x_cal), y[cal_idx]) if mlp is not None else 1.0,
-            )
+            t_linear = _fit_temperature(linear.logits(x_cal), y[cal_idx])
+            t_mlp = _fit_temperature(mlp.logits(x_cal), y[cal_idx]) if mlp is not None else 1.0
+            model.temperatures = (t_linear, t_mlp, 1.0)
+            if mlp is not None:  # averaging calibrated heads blunts them: calibrate the mix
+                t_out = _fit_temperature(model._combined(x_cal), y[cal_idx])
+                model.temperatures = (t_linear, t_mlp, t_out)
         return model
 
     # -- inference --------------------------------------------------------------------------
+    def _combined(self, x: sp.csr_matrix) -> np.ndarray:
+        """The heads' calibrated log-probabilities, averaged (logits of the final softmax)."""
+        t_linear, t_mlp, _ = self.temperatures
+        logp: np.ndarray = log_softmax(self.linear.logits(x) / t_linear, axis=1)
+        if self.mlp is not None:
+            weight = self.config.linear_weight
+            logp = weight * logp + (1.0 - weight) * log_softmax(self.mlp.logits(x) / t_mlp, axis=1)
+        return logp
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, shape (len(texts), len(labels)), columns in label order."""
         x = self.features.transform(texts)
-        t_linear, t_mlp = self.temperatures
-        proba = softmax(self.linear.logits(x) / t_linear, axis=1)
-        if self.mlp is not None:
-            weight = self.config.linear_weight
-            proba = weight * proba + (1.0 - weight) * softmax(self.mlp.logits(x) / t_mlp, axis=1)
-        return np.asarray(proba)
+        return np.asarray(softmax(self._combined(x) / self.temperatures[2], axis=1))
 
     @property
     def model_name(self) -> str:
@@ -403,13 +412,13 @@ class TfidfClassifier:
             )
             linear = Head.from_arrays("linear", arrays)
             mlp = Head.from_arrays("mlp", arrays) if "mlp_w1" in arrays else None
-            t_linear, t_mlp = (float(t) for t in arrays["temperatures"])
+            t_linear, t_mlp, t_out = (float(t) for t in arrays["temperatures"])
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise ModelNotAvailable(
                 f"cannot load tfidf model from {directory}: {exc}",
                 classifier="tfidf",
                 reason="bad_artifacts",
             ) from exc
-        model = cls(labels, features, linear, config, mlp, (t_linear, t_mlp))
+        model = cls(labels, features, linear, config, mlp, (t_linear, t_mlp, t_out))
         model.metrics = manifest.get("metrics", {})
         return model

@@ -208,9 +208,7 @@ def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, An
     train_s = time.perf_counter() - started
     progress("evaluating on the test split")
     test = dataset.test_idx
-    metrics = evaluate(
-        model, dataset.texts(test), dataset.y(test), listed=dataset.listed(test)
-    )
+    metrics = evaluate(model, dataset.texts(test), dataset.y(test), listed=dataset.listed(test))
     stages.close()
     metrics["train_seconds"] = round(train_s, 1)
     return model.save(
@@ -259,9 +257,8 @@ def train_bert(
     )
     train_s = time.perf_counter() - started
     bar.close()
-    metrics = evaluate(
-        model, dataset.texts(test_idx), dataset.y(test_idx), batch=256, listed=dataset.listed(test_idx)
-    )
+    texts, truth, listed = dataset.texts(test_idx), dataset.y(test_idx), dataset.listed(test_idx)
+    metrics = evaluate(model, texts, truth, batch=256, listed=listed)
     metrics.update(train_seconds=round(train_s, 1), train_rows=len(train_idx), device=device)
     return model.save(
         out,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from llm_router.budget import Budget
 from llm_router.cache import CachedClassifier, DiskCache
 from llm_router.classifier import Classifier
-from llm_router.errors import ClassifierError, LLMUnavailable
+from llm_router.errors import ClassifierError, LLMUnavailable, ModelNotAvailable
 from llm_router.labels import LabelSet
 from llm_router.llm import LLMClassifier
 from llm_router.prompts import load_prompt
@@ -22,7 +22,8 @@ from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-LOCAL_KINDS = ("bert", "tfidf")
+MODEL_KINDS = ("bert", "tfidf")  # trained models, each in its own directory
+LOCAL_KINDS = (*MODEL_KINDS, "ensemble")  # ensemble: bert and tfidf averaged
 
 
 class Unavailable:
@@ -95,14 +96,26 @@ def build_chain(
     order, labels = local_order(settings)
     local = {
         kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
-        for kind in LOCAL_KINDS
+        for kind in MODEL_KINDS
     }
+    local["ensemble"] = LazyClassifier("ensemble", functools.partial(_ensemble, local))
     return Chain(
         llm=llm_classifier(settings, labels, budget, limiter),
         local=local,
         order=order,
         labels=labels,
     )
+
+
+def _ensemble(local: dict[str, LazyClassifier]) -> Classifier:
+    """BERT and TF-IDF averaged, sharing the instances the chain already loads."""
+    from fallback_models.ensemble import EnsembleClassifier
+
+    members = [local["bert"].get(), local["tfidf"].get()]
+    try:
+        return EnsembleClassifier(members)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ModelNotAvailable(str(exc), classifier="ensemble", reason="label_mismatch") from exc
 
 
 def local_order(settings: Settings) -> tuple[tuple[str, ...], LabelSet]:

@@ -31,7 +31,7 @@ from llm_router.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 PREFIX = "LLM_ROUTER_"
-FallbackName = Literal["bert", "tfidf"]
+FallbackName = Literal["bert", "tfidf", "ensemble"]
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]+)?)$")
 _KEY_VARIABLES = ("LLM_ROUTER_API_KEY", "OPENROUTER_API_KEY")
 _warned_unknown: set[str] = set()

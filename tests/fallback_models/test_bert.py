@@ -144,3 +144,40 @@ def test_concurrent_calls_share_one_tokenizer_safely(trained):
         with ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(model.classify, texts))
         assert len(results) == 64 and {r.source for r in results} == {"bert"}
+
+
+def test_ensemble_averages_bert_and_tfidf_when_both_share_labels(trained):
+    from fallback_models.tfidf import TfidfClassifier, TfidfConfig
+
+    model, root = trained
+    labels = model.labels
+    texts = [TEXTS[label] for label in labels.labels] * 8
+    tfidf = TfidfClassifier.train(
+        texts, list(labels.labels) * 8, labels, TfidfConfig(min_df=1, calibration_fraction=0)
+    )
+    tfidf.save(root / "tfidf", metrics={"note": "tiny"})
+    settings = Settings(model_dir=root, cache=False, device="cpu", fallbacks="ensemble,tfidf")
+    result = Router.from_settings(settings).classify(TEXTS["math.NT"])
+    assert (result.label, result.source) == ("math.NT", "ensemble")
+    probe = list(TEXTS.values())
+    expected = (model.predict_proba(probe) + tfidf.predict_proba(probe)) / 2
+    from fallback_models.ensemble import EnsembleClassifier
+
+    ensemble = EnsembleClassifier([model, tfidf])
+    assert np.allclose(ensemble.predict_proba(probe), expected, atol=1e-6)
+    assert result.candidates[0].score == pytest.approx(
+        float(expected[list(TEXTS).index("math.NT")].max()), abs=1e-5
+    )
+
+
+def test_ensemble_is_refused_for_models_on_different_label_sets(trained):
+    from fallback_models.ensemble import EnsembleClassifier
+
+    model, _root = trained
+
+    class Other:
+        name = "other"
+        labels = LabelSet(("a", "b"))
+
+    with pytest.raises(ValueError, match="different label sets"):
+        EnsembleClassifier([model, Other()])
