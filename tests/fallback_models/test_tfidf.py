@@ -113,3 +113,18 @@ def test_the_llm_is_offered_the_trained_label_set(trained_models, make_settings,
     ]["enum"]
     manifest = json.loads((trained_models / "tfidf" / "manifest.json").read_text())
     assert enum == manifest["label_set"]["labels"]
+
+
+def test_a_model_from_the_previous_format_asks_to_be_retrained(trained_models, tmp_path):
+    from fallback_models.artifacts import write_manifest
+
+    target = copy_model(trained_models, tmp_path)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "vocab.json").write_text(json.dumps({"word": ["alpha", "beta"]}))  # old layout
+    fields = {k: v for k, v in manifest.items() if k not in ("format_version", "kind", "files")}
+    labels = TfidfClassifier.load(trained_models / "tfidf").labels
+    fields.pop("label_set")
+    write_manifest(target, "tfidf", labels, **fields)
+    with pytest.raises(ModelNotAvailable, match="older version of llm-router; retrain") as info:
+        TfidfClassifier.load(target)
+    assert info.value.reason == "bad_artifacts"
