@@ -15,7 +15,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from llm_router.taxonomy import ALIASES, ARCHIVES, CATEGORIES, SUBSUMED_ARCHIVES
+from llm_router.taxonomy import (
+    ALIASES,
+    ARCHIVES,
+    CATEGORIES,
+    SUBSUMED_ARCHIVES,
+    group_of_archive,
+)
 
 OTHER = "other"
 MIN_ROWS = 100
@@ -68,6 +74,17 @@ def display_name(label: str) -> str:
     if entry is not None:
         return entry[0]
     return label
+
+
+def group_of(label: str) -> str | None:
+    """The arXiv group of a deployed label (``Computer Science``, ``Physics``, ...); None for
+    ``other`` and for codes arXiv does not know."""
+    entry = CATEGORIES.get(label)
+    if entry is not None:
+        return group_of_archive(entry[1])
+    if label in ARCHIVES:
+        return group_of_archive(label)
+    return None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class Candidate(BaseModel):
@@ -50,3 +50,20 @@ class Classification(BaseModel):
     model: str | None = None
     prompt_version: str | None = None
     usage: Usage | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def name(self) -> str:
+        """The label's official arXiv name (``Computer Vision and Pattern Recognition``)."""
+        from llm_router.labels import display_name
+
+        return display_name(self.label)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def group(self) -> str | None:
+        """The label's arXiv group (``Computer Science``, ``Physics``, ...); None for
+        ``other``."""
+        from llm_router.labels import group_of
+
+        return group_of(self.label)

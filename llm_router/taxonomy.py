@@ -260,3 +260,19 @@ ARCHIVES: dict[str, str] = {
     "stat": "Statistics",
     "supr-con": "Superconductivity",
 }
+
+# archive -> arXiv group (the eight groups of arxiv.org's front page)
+GROUPS: dict[str, str] = {
+    **dict.fromkeys(("cs", "cmp-lg"), "Computer Science"),
+    "econ": "Economics",
+    "eess": "Electrical Engineering and Systems Science",
+    **dict.fromkeys(("math", "alg-geom", "dg-ga", "funct-an", "q-alg"), "Mathematics"),
+    "q-bio": "Quantitative Biology",
+    "q-fin": "Quantitative Finance",
+    "stat": "Statistics",
+}
+PHYSICS = "Physics"  # every other archive (astro-ph, cond-mat, hep-*, math-ph, quant-ph, ...)
+
+
+def group_of_archive(archive: str) -> str:
+    return GROUPS.get(archive, PHYSICS)

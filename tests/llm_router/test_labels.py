@@ -111,3 +111,25 @@ def test_taxonomy_table_matches_arxivs_own_file():
     assert {
         k: (v["name"], v["archive"], v["active"]) for k, v in official["categories"].items()
     } == CATEGORIES
+
+
+def test_every_label_has_its_arxiv_group_and_name_as_the_shared_taxonomy_says():
+    from llm_router.labels import group_of
+    from llm_router.schemas import Classification
+    from llm_router.taxonomy import ARCHIVES, CATEGORIES
+
+    if not TAXONOMY.is_file():
+        pytest.skip(f"shared taxonomy not found at {TAXONOMY}")
+    shared = json.loads(TAXONOMY.read_text())["categories"]
+    for code, entry in shared.items():
+        result = Classification(label=code, source="tfidf")
+        assert result.group == entry["group"], code
+        assert result.name == display_name(code) and result.name
+    groups = {entry["group"] for entry in shared.values()}
+    assert len(groups) == 8
+    for archive in ARCHIVES:  # merged archive labels (math.GM -> math) keep their group
+        members = {shared[c]["group"] for c in CATEGORIES if CATEGORIES[c][1] == archive}
+        assert {group_of(archive)} == members, archive
+    other = Classification(label=OTHER, source="tfidf")
+    assert other.group is None and other.name.startswith("Other")
+    assert Classification(label="cs.CV", source="llm").model_dump()["group"] == "Computer Science"
