@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
-from fallback_models.topk import TOP_K, classifications
+from fallback_models.topk import TOP_K, classify_timed
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
 from llm_router.schemas import Classification
@@ -203,12 +202,9 @@ class BertClassifier:
         return out
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
-        started = time.perf_counter()
-        proba = self.predict_proba(texts)
-        per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
         model = f"bert:{Path(self.config.base_model).name}"
-        return classifications(
-            proba, self.labels, source=self.name, model=model, latency_ms=per_text_ms, top_k=top_k
+        return classify_timed(
+            self.predict_proba, texts, self.labels, source=self.name, model=model, top_k=top_k
         )
 
     def classify(self, text: str) -> Classification:

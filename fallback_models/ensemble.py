@@ -7,13 +7,12 @@ model's latency; BENCHMARKS.md says whether it is worth it on the shared data.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from fallback_models.topk import TOP_K, classifications
+from fallback_models.topk import TOP_K, classify_timed
 from llm_router.labels import LabelSet
 from llm_router.schemas import Classification
 
@@ -54,15 +53,12 @@ class EnsembleClassifier:
         return total
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
-        started = time.perf_counter()
-        proba = self.predict_proba(texts)
-        per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        return classifications(
-            proba,
+        return classify_timed(
+            self.predict_proba,
+            texts,
             self.labels,
             source=self.name,
             model=self.model_name,
-            latency_ms=per_text_ms,
             top_k=top_k,
         )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from scipy.special import log_softmax, softmax
 
 from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
 from fallback_models.features import WordNgramTfidf
-from fallback_models.topk import TOP_K, classifications
+from fallback_models.topk import TOP_K, classify_timed
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
 from llm_router.schemas import Classification
@@ -348,15 +347,12 @@ class TfidfClassifier:
         return "tfidf-softmax+mlp" if self.mlp is not None else "tfidf-softmax"
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
-        started = time.perf_counter()
-        proba = self.predict_proba(texts)
-        per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        return classifications(
-            proba,
+        return classify_timed(
+            self.predict_proba,
+            texts,
             self.labels,
             source=self.name,
             model=self.model_name,
-            latency_ms=per_text_ms,
             top_k=top_k,
         )
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from llm_router.labels import LabelSet
@@ -35,3 +38,22 @@ def classifications(
             )
         )
     return results
+
+
+def classify_timed(
+    predict_proba: Callable[[Sequence[str]], np.ndarray],
+    texts: Sequence[str],
+    labels: LabelSet,
+    *,
+    source: str,
+    model: str,
+    top_k: int = TOP_K,
+) -> list[Classification]:
+    """Run ``predict_proba`` on ``texts`` and rank the result; each Classification carries
+    the batch's time per text."""
+    started = time.perf_counter()
+    proba = predict_proba(texts)
+    per_text_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
+    return classifications(
+        proba, labels, source=source, model=model, latency_ms=per_text_ms, top_k=top_k
+    )
