@@ -24,6 +24,7 @@ from eval.sampling import stratified_sample
 from eval.systems import (
     ALL_SYSTEMS,
     DEFAULT_SYSTEMS,
+    LLM_STRATEGIES,
     Outcome,
     System,
     build_systems,
@@ -40,7 +41,7 @@ from llm_router.redact import redact_url
 from llm_router.settings import Settings
 
 logger = logging.getLogger("eval")
-RUN_ORDER = ("llm", "router", "bert", "tfidf", "ensemble")
+RUN_ORDER = ("llm", "shortlist", "cascade", "router", "bert", "tfidf", "ensemble")
 
 
 class UsageError(Exception):
@@ -68,10 +69,15 @@ def _parser() -> _Parser:
     p.add_argument(
         "--systems",
         default=",".join(DEFAULT_SYSTEMS),
-        help="comma-separated subset of router,llm,bert,tfidf,ensemble "
-        "(default: router,llm,bert,tfidf)",
+        help=f"comma-separated subset of {','.join(ALL_SYSTEMS)} "
+        f"(default: {','.join(DEFAULT_SYSTEMS)}); llm, shortlist and cascade are the LLM "
+        "used each way with no fallback, router is the configured chain",
     )
-    p.add_argument("--max-requests", type=int, help="HTTP attempts allowed in all (default 3×n)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        help="HTTP attempts allowed in all (default 3×n per system that calls the LLM)",
+    )
     p.add_argument("--max-tokens", type=int, help="prompt+completion tokens allowed in all")
     p.add_argument("--max-cost-usd", type=float, default=1.0, help="USD allowed in all (default 1)")
     p.add_argument(
@@ -174,6 +180,9 @@ def _settings_summary(settings: Settings) -> dict[str, Any]:
         "cache": settings.cache,
         "model_dir": str(settings.model_dir),
         "fallbacks": list(settings.fallbacks),
+        "strategy": settings.strategy,
+        "shortlist_k": settings.shortlist_k,
+        "cascade_threshold": settings.cascade_threshold,
     }
 
 
@@ -207,16 +216,23 @@ def run(args: argparse.Namespace) -> int:
                 "for a free local server)",
                 file=sys.stderr,
             )
-    llm_systems = sum(s in ("router", "llm") for s in systems_wanted) if settings.api_key else 0
+    llm_systems = (
+        sum(s in ("router", *LLM_STRATEGIES) for s in systems_wanted) if settings.api_key else 0
+    )
     if args.estimate:
-        projected = estimate([r.paper.text for r in rows], settings, labels, llm_systems, price)
+        distinct = llm_systems
+        if settings.cache and {"router", settings.strategy} <= set(systems_wanted) and distinct:
+            distinct -= 1  # the router repeats its strategy's questions: cache hits
+        projected = estimate([r.paper.text for r in rows], settings, labels, distinct, price)
         print(f"estimate for {projected['rows']} rows (nothing sent):")
         for key, value in projected.items():
             print(f"  {key}: {value}")
         return 0
 
     budget = Budget(
-        max_requests=args.max_requests if args.max_requests is not None else 3 * len(rows),
+        max_requests=args.max_requests
+        if args.max_requests is not None
+        else 3 * len(rows) * max(1, llm_systems),
         max_tokens=args.max_tokens,
         max_cost_usd=args.max_cost_usd,
         price=price,

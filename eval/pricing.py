@@ -63,15 +63,18 @@ def estimate(
     llm_systems: int,
     price: Price | None,
 ) -> dict[str, Any]:
-    """Requests, tokens and cost if every LLM answer were a cache miss and valid at once."""
+    """Requests, tokens and cost if every LLM answer were a cache miss and valid at once,
+    every question carrying the full label list (an upper bound for shortlist and cascade).
+
+    ``llm_systems`` counts the distinct requests per row: the router and the LLM alone ask
+    the same one when the cache is on."""
     prompt = load_prompt(settings.prompt, settings.prompts_dir)
     system_chars = len(prompt.system(labels))
     prompt_tokens = sum(
         int((system_chars + len(prompt.user(t[: settings.max_input_chars]))) / CHARS_PER_TOKEN)
         for t in texts
     )
-    # The router repeats the LLM-alone system's questions; with the cache on they are hits.
-    passes = 1 if settings.cache and llm_systems else llm_systems
+    passes = llm_systems
     completion_tokens = COMPLETION_TOKENS * len(texts)
     tokens = passes * (prompt_tokens + completion_tokens)
     cost = None if price is None else passes * price.cost(prompt_tokens, completion_tokens)

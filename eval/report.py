@@ -19,6 +19,7 @@ from eval.metrics import (
     wilson_interval,
 )
 from eval.systems import Outcome
+from llm_router.labels import group_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,30 @@ def system_figures(outcomes: Sequence[Outcome], spent: dict[str, Any]) -> dict[s
     has_top5 = bool(answered) and all(len(o.candidates) >= 5 for o in answered)
     macro, weighted = macro_weighted_f1(truth, predicted)
     latencies = [o.latency_ms for o in outcomes]
+    group_correct = sum(
+        o.label is not None and _group(o.label) == _group(o.truth) for o in outcomes
+    )
+    with_listed = [o for o in outcomes if len(o.listed) > 0]
+    listed_correct = sum(o.label in o.listed for o in with_listed)
+    shortlisted = [o for o in outcomes if o.shortlist]
     figures: dict[str, Any] = {
         "rows": n,
         "answered": len(answered),
         "correct": correct,
         "accuracy": correct / n if n else None,
         "accuracy_ci95": [low, high],
+        "group_accuracy": group_correct / n if n else None,
+        "group_accuracy_ci95": list(wilson_interval(group_correct, n)),
+        "listed_accuracy": listed_correct / len(with_listed) if with_listed else None,
+        "listed_accuracy_ci95": list(wilson_interval(listed_correct, len(with_listed))),
+        **llm_economics(outcomes),
+        "shortlist_rows": len(shortlisted),
+        "shortlist_recall": (
+            sum(o.truth in o.shortlist for o in shortlisted if o.shortlist) / len(shortlisted)
+            if shortlisted
+            else None
+        ),
+        "decisions": dict(Counter(o.decision for o in outcomes if o.decision)),
         "top5": top_k_accuracy(truth, [o.candidates for o in outcomes]) if has_top5 else None,
         "macro_f1": macro,
         "weighted_f1": weighted,
@@ -57,8 +76,49 @@ def system_figures(outcomes: Sequence[Outcome], spent: dict[str, Any]) -> dict[s
     return figures
 
 
+def _group(label: str) -> str:
+    return group_of(label) or "other"
+
+
+def llm_economics(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """The share of rows that reached the LLM, and tokens and cost per row.
+
+    Per-row figures come from the rows that were actually sent (their ``usage``) and are
+    scaled to every row that reached the LLM, so an answer taken from the cache (free here)
+    does not make a strategy look cheaper than it would be on new abstracts.
+    """
+    n = len(outcomes)
+    reached = sum(o.reached_llm for o in outcomes)
+    paid = [o for o in outcomes if o.requests > 0]
+    share = reached / n if n else 0.0
+    figures: dict[str, Any] = {
+        "llm_share": share if n else None,
+        "llm_rows_sent": len(paid),
+        "requests_per_llm_row": None,
+        "prompt_tokens_per_row": None,
+        "completion_tokens_per_row": None,
+        "cost_usd_per_1k_rows": None,
+    }
+    if paid:
+        figures.update(
+            requests_per_llm_row=sum(o.requests for o in paid) / len(paid),
+            prompt_tokens_per_row=share * sum(o.prompt_tokens for o in paid) / len(paid),
+            completion_tokens_per_row=share * sum(o.completion_tokens for o in paid) / len(paid),
+            cost_usd_per_1k_rows=1000 * share * sum(o.cost_usd for o in paid) / len(paid),
+        )
+    elif reached == 0:  # nothing reached the LLM: it cost nothing, exactly
+        figures.update(
+            prompt_tokens_per_row=0.0, completion_tokens_per_row=0.0, cost_usd_per_1k_rows=0.0
+        )
+    return figures
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _ms(value: float | None) -> str:
@@ -68,24 +128,37 @@ def _ms(value: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     """The side-by-side terminal table (also the core of report.md)."""
     header = (
-        "| system | rows | accuracy (95% CI) | top-5 | macro-F1 | weighted-F1 | p50 ms | p95 ms "
-        "| requests | tokens | cost $ | cached | answered by / fell back because |"
+        "| system | rows | accuracy (95% CI) | group acc. | listed acc. | top-5 | macro-F1 "
+        "| weighted-F1 | p50 ms | p95 ms | requests | tokens | cost $ | LLM share "
+        "| prompt tok/row | compl. tok/row | $ per 1k rows | shortlist recall | cached "
+        "| answered by / fell back because |"
     )
-    lines = [header, "|" + "---|" * 13]
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
     for name, figures in report["systems"].items():
         if "unavailable" in figures:
-            lines.append(f"| {name} | — | unavailable: {figures['unavailable']} |" + " |" * 10)
+            lines.append(
+                f"| {name} | — | unavailable: {figures['unavailable']} |" + " |" * (columns - 3)
+            )
             continue
         low, high = figures["accuracy_ci95"]
         detail = ", ".join(f"{k} {v}" for k, v in sorted(figures["sources"].items()))
         if figures["reasons"]:
             detail += "; " + ", ".join(f"{k} {v}" for k, v in sorted(figures["reasons"].items()))
+        if figures.get("decisions"):
+            detail += "; decided: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(figures["decisions"].items())
+            )
         lines.append(
             f"| {name} | {figures['rows']} "
             f"| {_pct(figures['accuracy'])} ({_pct(low)}–{_pct(high)}) "
+            f"| {_pct(figures['group_accuracy'])} | {_pct(figures['listed_accuracy'])} "
             f"| {_pct(figures['top5'])} | {figures['macro_f1']:.3f} | {figures['weighted_f1']:.3f} "
             f"| {_ms(figures['latency_ms_p50'])} | {_ms(figures['latency_ms_p95'])} "
             f"| {figures['requests']} | {figures['tokens']} | {figures['cost_usd']:.4f} "
+            f"| {_pct(figures['llm_share'])} | {_num(figures['prompt_tokens_per_row'])} "
+            f"| {_num(figures['completion_tokens_per_row'])} "
+            f"| {_num(figures['cost_usd_per_1k_rows'], 4)} | {_pct(figures['shortlist_recall'])} "
             f"| {figures['cache_hits']} | {detail} |"
         )
     notes = link_notes(report.get("llm_link", {}))
@@ -113,7 +186,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     predictions = [
-        {"system": name, **vars(o), "candidates": " ".join(o.candidates)}
+        {
+            "system": name,
+            **vars(o),
+            "candidates": " ".join(o.candidates),
+            "shortlist": " ".join(o.shortlist or []),
+            "listed": sorted(o.listed),
+        }
         for name, rows in outcomes.items()
         for o in rows
     ]
@@ -132,7 +211,11 @@ def write_report(
         "",
         table(report),
         "",
-        "Accuracy counts unanswered rows as wrong; the interval is a 95% Wilson interval.",
+        "Accuracy counts unanswered rows as wrong; the interval is a 95% Wilson interval. "
+        "Group accuracy compares arXiv groups (Computer Science, Physics, ...); listed "
+        "accuracy counts an answer that is any of the paper's listed categories. LLM share: "
+        "rows put to the LLM; tokens and cost per row are those of the rows sent, scaled by "
+        "that share (a cache hit is not counted as free).",
     ]
     (out / "report.md").write_text("\n".join(md) + "\n")
     written.append(out / "report.md")
@@ -152,6 +235,8 @@ def write_report(
             "prompt_tokens",
             "completion_tokens",
             "cost_usd",
+            "decision",
+            "shortlist",
         ]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -18,6 +18,8 @@ class Row:
 
     paper: Paper
     truth: str
+    # Every category the paper lists, in the deployed space (the truth included).
+    listed: frozenset[str] = frozenset()
 
 
 def stratified_sample(
@@ -47,6 +49,8 @@ def stratified_sample(
     for name, k in zip(names, counts, strict=True):
         members = sorted(pool[name], key=lambda p: p.id)
         for i in rng.permutation(len(members))[:k]:
-            rows.append(Row(members[i], name))
+            paper = members[i]
+            listed = {labels.to_deployed(c) or "other" for c in paper.categories} | {name}
+            rows.append(Row(paper, name, frozenset(listed)))
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]

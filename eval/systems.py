@@ -16,13 +16,14 @@ from llm_router.classifier import Classifier
 from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
 from llm_router.ratelimit import RateLimiter
 from llm_router.router import Router
-from llm_router.schemas import Classification
+from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ALL_SYSTEMS = ("router", "llm", "bert", "tfidf", "ensemble")
-DEFAULT_SYSTEMS = ("router", "llm", "bert", "tfidf")
+ALL_SYSTEMS = ("router", "llm", "shortlist", "cascade", "bert", "tfidf", "ensemble")
+DEFAULT_SYSTEMS = ("router", "llm", "shortlist", "cascade", "bert", "tfidf")
+LLM_STRATEGIES = ("llm", "shortlist", "cascade")  # the LLM used each way, without fallback
 
 
 @dataclass
@@ -41,6 +42,14 @@ class Outcome:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     requests: int = 0
+    decision: str | None = None
+    shortlist: list[str] | None = None
+    listed: frozenset[str] = frozenset()
+
+    @property
+    def reached_llm(self) -> bool:
+        """The row was put to the LLM (sent, or answered from the LLM's cache)."""
+        return self.requests > 0 or (self.cached and self.source == "llm")
 
     @classmethod
     def of(cls, row: Row, result: Classification, latency_ms: float) -> Outcome:
@@ -58,11 +67,27 @@ class Outcome:
             completion_tokens=usage.completion_tokens if usage else 0,
             cost_usd=(usage.cost_usd or 0.0) if usage else 0.0,
             requests=usage.requests if usage else 0,
+            decision=result.decision,
+            shortlist=result.shortlist,
+            listed=row.listed,
         )
 
     @classmethod
-    def failed(cls, row: Row, reason: str, latency_ms: float) -> Outcome:
-        return cls(row.paper.id, row.truth, None, None, False, reason, latency_ms)
+    def failed(
+        cls, row: Row, reason: str, latency_ms: float, requests: int = 0, tokens: int = 0
+    ) -> Outcome:
+        return cls(
+            row.paper.id,
+            row.truth,
+            None,
+            None,
+            False,
+            reason,
+            latency_ms,
+            requests=requests,
+            prompt_tokens=tokens,
+            listed=row.listed,
+        )
 
 
 @dataclass
@@ -91,14 +116,19 @@ def build_systems(
                 systems.append(System(name, unavailable=f"{exc.reason}: {exc.args[0]}"))
                 continue
             systems.append(System(name, model, batch=getattr(model, "classify_batch", None)))
-        elif name == "llm":
+        elif name in LLM_STRATEGIES:
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
-                router = Router([chain.llm], max_input_chars=settings.max_input_chars)
+                head = chain.head(name)  # type: ignore[arg-type]
+                router = Router([head], max_input_chars=settings.max_input_chars, strategy=name)
                 systems.append(System(name, router, uses_llm=True))
         elif name == "router":
-            router = Router(chain.classifiers(), max_input_chars=settings.max_input_chars)
+            router = Router(
+                chain.classifiers(),
+                max_input_chars=settings.max_input_chars,
+                strategy=settings.strategy,
+            )
             systems.append(System(name, router, uses_llm=settings.api_key is not None))
     return systems, chain
 
@@ -133,6 +163,13 @@ def _classify_or_error(classifier: Classifier, text: str) -> Classification | Ex
         return exc
 
 
+def _failed_usage(exc: BaseException) -> Usage | None:
+    """What the failed attempts of a row spent (the first classifier's, for a chain)."""
+    if isinstance(exc, AllClassifiersFailed):
+        return exc.errors[0].usage if exc.errors else None
+    return exc.usage if isinstance(exc, ClassifierError) else None
+
+
 def failure_reason(exc: BaseException) -> str:
     """The short reason of a failed row (the first classifier's, for a whole chain)."""
     if isinstance(exc, AllClassifiersFailed):
@@ -162,7 +199,14 @@ def run_concurrent(
         try:
             result = classifier.classify(row.paper.text)
         except (RouterError, TypeError, ValueError) as exc:
-            return Outcome.failed(row, failure_reason(exc), (time.perf_counter() - started) * 1000)
+            spent = _failed_usage(exc)
+            return Outcome.failed(
+                row,
+                failure_reason(exc),
+                (time.perf_counter() - started) * 1000,
+                requests=spent.requests if spent else 0,
+                tokens=spent.prompt_tokens if spent else 0,
+            )
         return Outcome.of(row, result, (time.perf_counter() - started) * 1000)
 
     results: dict[int, Outcome] = {}

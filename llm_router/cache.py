@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,9 +161,9 @@ class KeyedClassifier(Protocol):
 
     name: str
 
-    def cache_key(self, text: str) -> str: ...
+    def cache_key(self, text: str, *, shortlist: Sequence[str] | None = None) -> str: ...
 
-    def classify(self, text: str) -> Classification: ...
+    def classify(self, text: str, *, shortlist: Sequence[str] | None = None) -> Classification: ...
 
 
 class CachedClassifier:
@@ -174,9 +175,9 @@ class CachedClassifier:
         self.labels = labels
         self.name = inner.name
 
-    def classify(self, text: str) -> Classification:
+    def classify(self, text: str, *, shortlist: Sequence[str] | None = None) -> Classification:
         started = time.perf_counter()
-        key = self.inner.cache_key(text)
+        key = self.inner.cache_key(text, shortlist=shortlist)
         stored = self.cache.get(key)
         if stored is not None:
             hit = self._validate(stored)
@@ -190,7 +191,7 @@ class CachedClassifier:
                     }
                 )
             self.cache.delete(key)
-        result = self.inner.classify(text)
+        result = self.inner.classify(text, shortlist=shortlist)
         self.cache.set(key, result.model_dump(mode="json"))
         return result
 

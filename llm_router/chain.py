@@ -18,7 +18,8 @@ from llm_router.prompts import load_prompt
 from llm_router.ratelimit import RateLimiter
 from llm_router.reasons import Reason
 from llm_router.schemas import Classification
-from llm_router.settings import Settings
+from llm_router.settings import CASCADE_THRESHOLD, Settings
+from llm_router.strategy import StrategyClassifier, StrategyName
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Unavailable:
         self.name = error.classifier
         self.error = error
 
-    def classify(self, text: str) -> Classification:  # noqa: ARG002
+    def classify(self, text: str, **_options: object) -> Classification:  # noqa: ARG002
         raise self.error
 
 
@@ -67,15 +68,33 @@ class LazyClassifier:
 
 @dataclass
 class Chain:
-    """The LLM link and the local models, by name, in the order the router tries them."""
+    """The LLM link and the local models, by name, in the order the router tries them.
+
+    The router's first link is the LLM used as ``strategy`` says (:meth:`head`); the
+    evaluation builds every strategy from the same link, so they share its cache, budget,
+    rate limit and circuit breaker.
+    """
 
     llm: Classifier
     local: dict[str, LazyClassifier] = field(default_factory=dict)
     order: tuple[str, ...] = ()
     labels: LabelSet | None = None
+    strategy: StrategyName = "llm"
+    shortlist_k: int = 8
+    cascade_threshold: float = CASCADE_THRESHOLD
+
+    def head(self, strategy: StrategyName | None = None) -> StrategyClassifier:
+        """The LLM link used as ``strategy`` (default: the configured one)."""
+        return StrategyClassifier(
+            self.llm,  # type: ignore[arg-type]
+            [self.local[name] for name in self.order],
+            strategy=strategy or self.strategy,
+            k=self.shortlist_k,
+            threshold=self.cascade_threshold,
+        )
 
     def classifiers(self) -> list[Classifier]:
-        return [self.llm, *(self.local[name] for name in self.order)]
+        return [self.head(), *(self.local[name] for name in self.order)]
 
 
 def build_chain(
@@ -104,6 +123,9 @@ def build_chain(
         local=local,
         order=order,
         labels=labels,
+        strategy=settings.strategy,
+        shortlist_k=settings.shortlist_k,
+        cascade_threshold=settings.cascade_threshold,
     )
 
 

@@ -7,6 +7,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -23,9 +25,9 @@ from llm_router.breaker import CircuitBreaker, Outcome
 from llm_router.budget import Budget, Reservation, trusted_cost
 from llm_router.errors import BudgetExceeded, ClassifierError, LLMResponseInvalid, LLMUnavailable
 from llm_router.labels import LabelSet
-from llm_router.prompts import Prompt
+from llm_router.prompts import Prompt, load_prompt
 from llm_router.ratelimit import RateLimiter
-from llm_router.reasons import Reason
+from llm_router.reasons import Decision, Reason
 from llm_router.redact import redact_url
 from llm_router.schemas import Candidate, Classification, Usage
 from llm_router.settings import Settings
@@ -34,8 +36,36 @@ from llm_router.transport import AUTH_STATUS, Reply, post_chat
 logger = logging.getLogger(__name__)
 
 
+NONE_OF_THESE = "none"  # the shortlist prompt's answer when no candidate fits
+_NONE_ANSWERS = frozenset({"none", "none of these", "none of the above"})
+
+
 class _Answer(BaseModel):
     label: str
+
+
+@dataclass(frozen=True)
+class _Question:
+    """What the model is asked: a prompt, the labels it may answer, their rendered system
+    message and the structured-output constraint."""
+
+    prompt: Prompt
+    labels: LabelSet
+    system: str
+    response_format: dict[str, Any] | None
+    allow_none: bool = False
+
+    def parse(self, content: str | None) -> str | None:
+        if content is None:
+            return None
+        bare = _bare_answer(content)
+        if self.allow_none and bare.strip().strip(" .\"'`").lower() in _NONE_ANSWERS:
+            return NONE_OF_THESE
+        return self.labels.parse_answer(bare)
+
+    def reask(self, content: str | None) -> str:
+        hint = self.labels.archive_hint(_bare_answer(content))
+        return f"{self.prompt.reask_text}\n{hint}" if hint else self.prompt.reask_text
 
 
 class LLMClassifier:
@@ -60,6 +90,7 @@ class LLMClassifier:
         budget: Budget | None = None,
         breaker: CircuitBreaker | None = None,
         client: openai.OpenAI | None = None,
+        shortlist_prompt: Prompt | None = None,
     ) -> None:
         self.settings = settings
         self.labels = labels
@@ -69,8 +100,10 @@ class LLMClassifier:
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown_s, settings.auth_cooldown_s
         )
-        self._system = prompt.system(labels)
-        self._response_format = self._build_response_format()
+        self._shortlist_prompt = shortlist_prompt  # loaded on first use
+        self._full = _Question(
+            prompt, labels, prompt.system(labels), self._response_format(labels.labels)
+        )
         self._client: openai.OpenAI | None = client or self._build_client()
         self._client_lock = threading.Lock()
         self.fingerprint = self._build_fingerprint()
@@ -91,10 +124,10 @@ class LLMClassifier:
             default_headers=headers,
         )
 
-    def _build_response_format(self) -> dict[str, Any] | None:
+    def _response_format(self, codes: Sequence[str]) -> dict[str, Any] | None:
         schema = {
             "type": "object",
-            "properties": {"label": {"type": "string", "enum": list(self.labels.labels)}},
+            "properties": {"label": {"type": "string", "enum": list(codes)}},
             "required": ["label"],
             "additionalProperties": False,
         }
@@ -134,36 +167,78 @@ class LLMClassifier:
                 self._client = self._build_client()
             return self._client
 
-    def cache_key(self, text: str) -> str:
-        """Key of ``text`` under everything that can change the answer (the text is hashed)."""
-        text_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        return hashlib.sha256(f"{self.fingerprint}:{text_hash}".encode()).hexdigest()
+    def cache_key(self, text: str, *, shortlist: Sequence[str] | None = None) -> str:
+        """Key of ``text`` under everything that can change the answer (the text is hashed).
 
-    def classify(self, text: str) -> Classification:
+        A shortlist request is another request: its key adds the shortlist prompt and the
+        offered labels, in order, so strategies share an answer only for the same request.
+        """
+        text_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        material = f"{self.fingerprint}:{text_hash}"
+        if shortlist:
+            offered = ",".join(self._offered(shortlist).labels)
+            prompt = self.shortlist_prompt
+            material += f":{prompt.version}:{prompt.sha256}:{offered}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    @property
+    def shortlist_prompt(self) -> Prompt:
+        """The prompt for shortlist questions: ``LLM_ROUTER_SHORTLIST_PROMPT`` (with a "none
+        of these" answer) or, with ``LLM_ROUTER_SHORTLIST_WIDEN=false``, the strict one."""
+        if self._shortlist_prompt is None:
+            settings = self.settings
+            version = (
+                settings.shortlist_prompt
+                if settings.shortlist_widen
+                else settings.shortlist_strict_prompt
+            )
+            self._shortlist_prompt = load_prompt(version, settings.prompts_dir)
+        return self._shortlist_prompt
+
+    def _offered(self, shortlist: Sequence[str]) -> LabelSet:
+        """The shortlist as a label set: deployed labels only, each once, in the given order."""
+        codes = tuple(dict.fromkeys(c for c in shortlist if c in self.labels))
+        if not codes:
+            raise LLMResponseInvalid(
+                f"no label of the shortlist {list(shortlist)[:5]} is deployed",
+                reason=Reason.LABEL_MISMATCH,
+            )
+        return LabelSet(codes)
+
+    def _shortlist_question(self, shortlist: Sequence[str]) -> _Question:
+        offered = self._offered(shortlist)
+        widen = self.settings.shortlist_widen
+        return _Question(
+            self.shortlist_prompt,
+            offered,
+            self.shortlist_prompt.system(offered),
+            self._response_format([*offered.labels, NONE_OF_THESE] if widen else offered.labels),
+            allow_none=widen,
+        )
+
+    def classify(self, text: str, *, shortlist: Sequence[str] | None = None) -> Classification:
         """Ask the model for one label; raises a ClassifierError when it cannot give one.
 
-        The error carries ``usage``: what the failed attempts spent.
+        With ``shortlist``, the model is offered only those labels (plus "none of these");
+        "none" widens the question to the full list once. The error carries ``usage``: what
+        the failed attempts spent.
         """
         started = time.perf_counter()
         text = text[: self.settings.max_input_chars]  # the label only needs the start
-        messages: list[dict[str, str]] = [
-            {"role": "system", "content": self._system},
-            {"role": "user", "content": self.prompt.user(text)},
-        ]
         spent: list[Usage] = []
+        question = self._full
+        decision = Decision.LLM
         try:
-            reply = self._complete(messages, spent)
-            label = self._parse(reply.content)
-            if label is None:
-                logger.info("llm answer was not an allowed label; asking once more")
-                messages.append({"role": "assistant", "content": (reply.content or "")[:500]})
-                messages.append({"role": "user", "content": self._reask(reply.content)})
-                reply = self._complete(messages, spent)
-                label = self._parse(reply.content)
-                if label is None:
-                    raise LLMResponseInvalid(
-                        f"answer {(reply.content or '')[:80]!r} is not an allowed label, twice"
-                    )
+            if shortlist:
+                question = self._shortlist_question(shortlist)
+                decision = Decision.LLM_SHORTLIST
+            label, reply = self._ask(question, text, spent)
+            if label == NONE_OF_THESE:
+                logger.info(
+                    "llm found none of the %d shortlisted labels: widening", len(question.labels)
+                )
+                question, decision = self._full, Decision.LLM_WIDENED
+                label, reply = self._ask(question, text, spent)
         except ClassifierError as exc:
             exc.usage = _total(spent)
             raise
@@ -173,21 +248,39 @@ class LLMClassifier:
             candidates=[Candidate(label=label, score=1.0)],
             latency_ms=(time.perf_counter() - started) * 1000,
             model=reply.model or self.settings.model,
-            prompt_version=self.prompt.version,
+            prompt_version=question.prompt.version,
             usage=_total(spent),
+            decision=decision,
+            shortlist=list(self._offered(shortlist).labels) if shortlist else None,
         )
 
-    def _reask(self, content: str | None) -> str:
-        hint = self.labels.archive_hint(_bare_answer(content))
-        return f"{self.prompt.reask_text}\n{hint}" if hint else self.prompt.reask_text
-
-    def _parse(self, content: str | None) -> str | None:
-        if content is None:
-            return None
-        return self.labels.parse_answer(_bare_answer(content))
+    def _ask(self, question: _Question, text: str, spent: list[Usage]) -> tuple[str, Reply]:
+        """One question, with at most one corrective re-ask: the label (or ``none``)."""
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": question.system},
+            {"role": "user", "content": question.prompt.user(text)},
+        ]
+        reply = self._complete(messages, spent, question.response_format)
+        label = question.parse(reply.content)
+        if label is None:
+            logger.info("llm answer was not an allowed label; asking once more")
+            messages.append({"role": "assistant", "content": (reply.content or "")[:500]})
+            messages.append({"role": "user", "content": question.reask(reply.content)})
+            reply = self._complete(messages, spent, question.response_format)
+            label = question.parse(reply.content)
+            if label is None:
+                raise LLMResponseInvalid(
+                    f"answer {(reply.content or '')[:80]!r} is not an allowed label, twice"
+                )
+        return label, reply
 
     # -- one text's attempts ----------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], spent: list[Usage]) -> Reply:
+    def _complete(
+        self,
+        messages: list[dict[str, str]],
+        spent: list[Usage],
+        response_format: dict[str, Any] | None,
+    ) -> Reply:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
             wait=self._wait,
@@ -197,7 +290,7 @@ class LLMClassifier:
         )
         failures: list[LLMUnavailable] = []
         try:
-            reply: Reply = retrying(self._attempt, messages, spent, failures)
+            reply: Reply = retrying(self._attempt, messages, spent, failures, response_format)
         except LLMUnavailable as exc:
             # A retry refused because the breaker opened meanwhile: the text's own failure
             # (e.g. connection_error) is the better reason.
@@ -211,6 +304,7 @@ class LLMClassifier:
         messages: list[dict[str, str]],
         spent: list[Usage],
         failures: list[LLMUnavailable],
+        response_format: dict[str, Any] | None,
     ) -> Reply:
         """breaker → budget → rate limit → send → settle, for every HTTP attempt.
 
@@ -229,7 +323,8 @@ class LLMClassifier:
             self.limiter.acquire(abort=None if probe else lambda: self.breaker.is_open)
             self.breaker.recheck(probe)
             sent = True
-            reply = post_chat(self._http(), self._body(messages), self.settings.timeout_s)
+            body = self._body(messages, response_format)
+            reply = post_chat(self._http(), body, self.settings.timeout_s)
         except LLMUnavailable as exc:
             if not sent:  # the breaker opened while this attempt waited for its slot
                 self._release(reservation)
@@ -268,15 +363,17 @@ class LLMClassifier:
         if self.budget is not None and reservation is not None:
             self.budget.release(reservation)
 
-    def _body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def _body(
+        self, messages: list[dict[str, str]], response_format: dict[str, Any] | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_completion_tokens,
         }
-        if self._response_format is not None:
-            body["response_format"] = self._response_format
+        if response_format is not None:
+            body["response_format"] = response_format
         if "openrouter.ai" in self.settings.endpoint:
             body["usage"] = {"include": True}  # ask OpenRouter for usage.cost
         return body

@@ -52,19 +52,19 @@ class Prompt:
         return Template(self.user_template).substitute(tag=tag, text=text)
 
 
-def prompt_path(version: str, root: Path | None = None) -> Path:
+def prompt_path(
+    version: str, root: Path | None = None, variable: str = "LLM_ROUTER_PROMPT"
+) -> Path:
     """The file of a prompt version.
 
     Raises:
         ConfigError: the version is malformed or its file does not exist.
     """
     if not _VERSION.match(version):
-        raise ConfigError(f"LLM_ROUTER_PROMPT must look like 'classify/v1', got {version!r}")
+        raise ConfigError(f"{variable} must look like 'classify/v1', got {version!r}")
     path = (root or prompts_root()) / f"{version}.md"
     if not path.is_file():
-        raise ConfigError(
-            f"unknown prompt version {version!r} (LLM_ROUTER_PROMPT): {path} does not exist"
-        )
+        raise ConfigError(f"unknown prompt version {version!r} ({variable}): {path} does not exist")
     return path
 
 

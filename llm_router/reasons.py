@@ -26,6 +26,17 @@ class Reason(StrEnum):
     LABEL_MISMATCH = "label_mismatch"
 
 
+class Decision(StrEnum):
+    """Where a :class:`~llm_router.schemas.Classification` was decided."""
+
+    LLM = "llm"  # the LLM chose from the full label list
+    LLM_SHORTLIST = "llm_shortlist"  # the LLM chose from the local model's top K
+    LLM_WIDENED = "llm_widened"  # "none of these" from the shortlist, then the full list
+    LLM_NO_SHORTLIST = "llm_no_shortlist"  # no local model could propose one: full list
+    LOCAL_CONFIDENT = "local_confident"  # cascade: the local model was sure enough
+    FALLBACK = "fallback"  # the LLM could not answer; a local model did
+
+
 def http_reason(status: int) -> str:
     """``rate_limited`` for 429, else ``http_<status>`` (``http_502``, ``http_401``)."""
     return Reason.RATE_LIMITED if status == 429 else f"http_{status}"

@@ -17,7 +17,7 @@ from llm_router.classifier import Classifier
 from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
 from llm_router.inputs import prepare_text
 from llm_router.ratelimit import RateLimiter
-from llm_router.reasons import Reason
+from llm_router.reasons import Decision, Reason
 from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings
 
@@ -37,9 +37,16 @@ class Router:
 
     name = "router"
 
-    def __init__(self, classifiers: Sequence[Classifier], *, max_input_chars: int = 6000) -> None:
+    def __init__(
+        self,
+        classifiers: Sequence[Classifier],
+        *,
+        max_input_chars: int = 6000,
+        strategy: str | None = None,
+    ) -> None:
         self.classifiers = list(classifiers)
         self.max_input_chars = max_input_chars
+        self.strategy = strategy  # stamped on answers whose classifier did not say
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
@@ -54,7 +61,11 @@ class Router:
         """The default chain: cached LLM, then the local models in ``settings.fallbacks``."""
         settings = settings or Settings()
         chain = build_chain(settings, budget=budget, limiter=limiter)
-        return cls(chain.classifiers(), max_input_chars=settings.max_input_chars)
+        return cls(
+            chain.classifiers(),
+            max_input_chars=settings.max_input_chars,
+            strategy=settings.strategy,
+        )
 
     def classify(self, text: str) -> Classification:
         """Classify one text.
@@ -80,8 +91,11 @@ class Router:
                 errors.append(exc)
                 continue
             update: dict[str, object] = {"latency_ms": (time.perf_counter() - started) * 1000}
+            if result.strategy is None and self.strategy is not None:
+                update["strategy"] = self.strategy
             if errors:
                 update["fallback_reason"] = errors[0].reason
+                update["decision"] = Decision.FALLBACK
                 spent = _spent(errors)
                 if spent is not None:  # what the failed LLM attempts cost, kept with the row
                     update["usage"] = spent if result.usage is None else spent + result.usage

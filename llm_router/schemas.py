@@ -50,6 +50,18 @@ class Classification(BaseModel):
     model: str | None = None
     prompt_version: str | None = None
     usage: Usage | None = None
+    strategy: str | None = Field(
+        None, description='"llm", "shortlist" or "cascade": how the router used the LLM'
+    )
+    decision: str | None = Field(
+        None,
+        description="where the answer was decided: llm (full list), llm_shortlist, "
+        "llm_widened (none of the shortlist fitted: full list), llm_no_shortlist (no local "
+        "model to propose one), local_confident (cascade), fallback (the LLM failed)",
+    )
+    shortlist: list[str] | None = Field(
+        None, description="the labels the LLM was offered first (shortlist and cascade)"
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

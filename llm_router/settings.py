@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 PREFIX = "LLM_ROUTER_"
 FallbackName = Literal["bert", "tfidf", "ensemble"]
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]+)?)$")
+CASCADE_THRESHOLD = 0.90
 _KEY_VARIABLES = ("LLM_ROUTER_API_KEY", "OPENROUTER_API_KEY")
 _warned_unknown: set[str] = set()
 
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     base_url: HttpUrl = HttpUrl("https://openrouter.ai/api/v1")
     model: str = "mistralai/mistral-7b-instruct"
     prompt: str = "classify/v1"
+    # The prompt when the LLM is offered K labels; with `shortlist_widen` it may answer
+    # "none", which asks once more with the full list; without, it must pick one of the K.
+    shortlist_prompt: str = "shortlist/v1"
+    shortlist_strict_prompt: str = "shortlist-strict/v1"
+    shortlist_widen: bool = True
     prompts_dir: Path | None = None  # None: the prompts/ folder shipped with the package
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -72,6 +78,13 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     model_dir: Path = Path("models")
     fallbacks: Annotated[tuple[FallbackName, ...], NoDecode] = ("bert", "tfidf")
+    # How the router uses the LLM: the full label list, a local top-K shortlist, or a
+    # cascade that answers confident rows locally and sends the rest with the shortlist.
+    strategy: Literal["llm", "shortlist", "cascade"] = "llm"
+    shortlist_k: int = Field(8, ge=1, le=64)
+    # From the TF-IDF model's selective-accuracy curve on the test split (BENCHMARKS.md):
+    # the lowest threshold at which the rows kept locally are right at least 90 % of the time.
+    cascade_threshold: float = Field(CASCADE_THRESHOLD, ge=0.0, le=1.0)
     device: str | None = None  # torch device for BERT; None picks cuda when available
     http_referer: str | None = None  # OpenRouter's optional app attribution headers
     app_title: str | None = "llm-router"
@@ -117,6 +130,14 @@ class Settings(BaseSettings):
         from llm_router.prompts import prompt_path
 
         prompt_path(self.prompt, self.prompts_dir)  # raises ConfigError when unknown
+        if self.strategy != "llm" and self.shortlist_widen:
+            prompt_path(self.shortlist_prompt, self.prompts_dir, "LLM_ROUTER_SHORTLIST_PROMPT")
+        elif self.strategy != "llm":
+            prompt_path(
+                self.shortlist_strict_prompt,
+                self.prompts_dir,
+                "LLM_ROUTER_SHORTLIST_STRICT_PROMPT",
+            )
         return self
 
     @property

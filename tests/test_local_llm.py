@@ -96,7 +96,7 @@ def test_route_through_a_real_local_model(llama_server, trained_models, tmp_path
         fallbacks="tfidf",
     )
     router = Router.from_settings(settings)
-    labels = router.classifiers[0].inner.labels
+    labels = router.classifiers[0].llm.inner.labels
 
     first = router.classify(ABSTRACT)
     assert first.source == "llm", first.fallback_reason

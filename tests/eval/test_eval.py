@@ -155,10 +155,13 @@ def test_a_rerun_with_the_same_cache_sends_nothing(env, server, tmp_path, sample
 
 def test_estimate_sends_nothing(env, server, tmp_path, sample_file, capsys):
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    code = main(["--n", "10", "--data", str(sample_file), "--estimate", "--price-per-mtok", "0.2"])
-    assert code == 0 and server.count == 0
+    base = ["--n", "10", "--data", str(sample_file), "--estimate", "--price-per-mtok", "0.2"]
+    assert main([*base, "--systems", "router,llm,tfidf"]) == 0
     printed = capsys.readouterr().out
-    assert "requests: 10" in printed and "cost_usd:" in printed
+    assert "requests: 10" in printed and "cost_usd:" in printed  # the router's are cache hits
+    assert main(base) == 0  # shortlist and cascade ask questions of their own
+    assert "requests: 30" in capsys.readouterr().out
+    assert server.count == 0
 
 
 def test_a_429_slows_the_run_down_rather_than_failing_it(env, server, tmp_path, sample_file):

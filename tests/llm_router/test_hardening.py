@@ -307,7 +307,7 @@ def test_routers_evicted_from_the_default_cache_are_closed(monkeypatch, make_set
     first = make_settings(model="m0")
     router_module.route(TEXTS[0], settings=first)
     oldest = router_module._routers[first]
-    llm = oldest.classifiers[0].inner
+    llm = oldest.classifiers[0].llm.inner
     assert llm._client is not None
     for i in range(1, router_module._ROUTERS_MAX + 1):
         router_module.route(TEXTS[0], settings=make_settings(model=f"m{i}"))

@@ -110,6 +110,7 @@ def test_public_api_is_exactly_all():
         "settings",
         "taxonomy",
         "testing",
+        "strategy",
     }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):
