@@ -339,3 +339,115 @@ def test_credentials_in_the_base_url_stay_out_of_reports(env, server, tmp_path, 
     assert read_report(out)["systems"]["llm"]["answered"] == 3
     for path in out.iterdir():
         assert b"hunter2" not in path.read_bytes()
+
+
+def test_strategy_figures_match_a_hand_counted_case():
+    from eval.report import system_figures
+    from eval.systems import Outcome
+
+    def row(
+        truth,
+        label,
+        *,
+        requests=0,
+        tokens=0,
+        cost=0.0,
+        cached=False,
+        source="llm",
+        shortlist=None,
+        decision=None,
+        listed=(),
+    ):
+        return Outcome(
+            row_id=truth + label,
+            truth=truth,
+            label=label,
+            source=source,
+            cached=cached,
+            reason=None,
+            latency_ms=1.0,
+            prompt_tokens=tokens,
+            completion_tokens=requests * 5,
+            cost_usd=cost,
+            requests=requests,
+            decision=decision,
+            shortlist=shortlist,
+            listed=frozenset({truth, *listed}),
+        )
+
+    outcomes = [
+        # decided locally: nothing sent
+        row("cs.CV", "cs.CV", source="tfidf", decision="local_confident"),
+        row("hep-th", "hep-ph", source="tfidf", decision="local_confident", listed=["hep-ph"]),
+        # sent with a shortlist holding the truth; right
+        row(
+            "math.AP",
+            "math.AP",
+            requests=1,
+            tokens=400,
+            cost=0.002,
+            shortlist=["math.AP", "math.CA"],
+            decision="llm_shortlist",
+        ),
+        # sent, the truth not in the shortlist; wrong label, same group
+        row(
+            "math.GT",
+            "math.AT",
+            requests=1,
+            tokens=400,
+            cost=0.002,
+            shortlist=["math.AT", "math.GN"],
+            decision="llm_shortlist",
+        ),
+        # answered from the cache: reached the LLM, cost nothing here
+        row(
+            "cs.LG",
+            "stat.ML",
+            cached=True,
+            shortlist=["stat.ML", "cs.LG"],
+            decision="llm_shortlist",
+        ),
+    ]
+    f = system_figures(outcomes, {"requests": 2, "tokens": 810, "cost_usd": 0.004})
+    assert f["accuracy"] == 2 / 5
+    assert f["group_accuracy"] == 4 / 5  # hep-th/hep-ph are Physics, math.GT/AT Mathematics
+    assert f["listed_accuracy"] == 3 / 5  # hep-ph is one of the paper's listed categories
+    assert f["llm_share"] == 3 / 5
+    assert f["llm_rows_sent"] == 2
+    # the two sent rows averaged 400 prompt tokens and $0.002; three of five rows reach the LLM
+    assert f["prompt_tokens_per_row"] == pytest.approx(3 / 5 * 400)
+    assert f["completion_tokens_per_row"] == pytest.approx(3 / 5 * 5)
+    assert f["cost_usd_per_1k_rows"] == pytest.approx(1000 * 3 / 5 * 0.002)
+    assert f["shortlist_recall"] == 2 / 3
+    assert f["decisions"] == {"local_confident": 2, "llm_shortlist": 3}
+
+
+def test_every_strategy_is_a_system_on_the_same_rows(env, server, tmp_path, sample_file):
+    env.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    env.setenv("LLM_ROUTER_CASCADE_THRESHOLD", "0.5")
+    server.default = lambda body: Reply.answer(
+        body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"][0]
+    )
+    out = tmp_path / "run"
+    args = ["--n", "12", "--data", str(sample_file), "--out", str(out), "--rpm", "6000"]
+    assert main([*args, "--systems", "llm,shortlist,cascade,tfidf"]) == 0
+    systems = read_report(out)["systems"]
+    full, short, cascade, tfidf = (systems[s] for s in ("llm", "shortlist", "cascade", "tfidf"))
+    assert full["rows"] == short["rows"] == cascade["rows"] == tfidf["rows"] == 12
+    assert full["decisions"] == {"llm": 12} and short["decisions"] == {"llm_shortlist": 12}
+    # the shortlist's first label is the local top-1: the LLM that picks it agrees with tfidf
+    assert short["accuracy"] == tfidf["accuracy"]
+    assert short["shortlist_rows"] == 12 and short["shortlist_recall"] >= tfidf["accuracy"]
+    assert short["prompt_tokens_per_row"] == 100 and full["llm_share"] == 1.0
+    local = cascade["decisions"].get("local_confident", 0)
+    assert 0 < local < 12, cascade["decisions"]
+    assert cascade["llm_share"] == pytest.approx((12 - local) / 12)
+    # cascade rows that reached the LLM asked the shortlist's question: cache hits, not paid
+    assert cascade["requests"] == 0 and cascade["cache_hits"] == 12 - local
+    sent = [
+        r
+        for r in server.requests
+        if len(r.body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"])
+        == 9
+    ]
+    assert len(sent) == 12 and server.count == 24

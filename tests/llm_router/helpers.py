@@ -44,9 +44,7 @@ class RankedClassifier:
     def classify_batch(self, texts: list[str], top_k: int = 5) -> list[Classification]:
         self.calls += len(texts)
         top = [Candidate(label=k, score=v) for k, v in list(self.scores.items())[:top_k]]
-        return [
-            Classification(label=top[0].label, source=self.name, candidates=top) for _ in texts
-        ]
+        return [Classification(label=top[0].label, source=self.name, candidates=top) for _ in texts]
 
     def classify(self, text: str) -> Classification:
         return self.classify_batch([text])[0]
