@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -18,14 +15,14 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from llm_router.records import SUFFIXES, DataError, read_records
+
+__all__ = ["HF_DATASET", "DataError", "Paper", "is_local", "load_papers", "split_ids"]
+
 logger = logging.getLogger(__name__)
 
 HF_DATASET = "real-jiakai/arxiver-with-category"
-_LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".csv")
-
-
-class DataError(ValueError):
-    """The data source is missing, unreadable, unreachable or lacks required columns."""
+_LOCAL_SUFFIXES = SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -115,37 +112,7 @@ def _derived_id(abstract: str) -> str:
 
 
 def _read_local(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            yield from _read_parquet(path)
-        elif name.endswith(".csv"):
-            with path.open(newline="", encoding="utf-8") as handle:
-                yield from csv.DictReader(handle)
-        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as handle:
-                for n, line in enumerate(handle, start=1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if not isinstance(row, dict):
-                            raise DataError(f"{path}: line {n} is not a JSON object")
-                        yield row
-        else:
-            raise DataError(f"{path}: unsupported format (use {', '.join(_LOCAL_SUFFIXES)})")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-
-
-def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError("reading .parquet needs pyarrow: pip install pyarrow") from exc
-    table = pq.read_table(path)
-    yield from table.to_pylist()
+    return read_records(path)
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

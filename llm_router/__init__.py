@@ -16,6 +16,7 @@ from llm_router.errors import (
     ModelNotAvailable,
     RouterError,
 )
+from llm_router.corpus import CorpusSummary, classify_file
 from llm_router.router import Router, aroute, route
 from llm_router.schemas import Candidate, Classification, Usage
 from llm_router.settings import Settings
@@ -26,6 +27,7 @@ __all__ = [
     "Candidate",
     "Classification",
     "ClassifierError",
+    "CorpusSummary",
     "ConfigError",
     "LLMResponseInvalid",
     "LLMUnavailable",
@@ -35,5 +37,6 @@ __all__ = [
     "Settings",
     "Usage",
     "aroute",
+    "classify_file",
     "route",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from llm_router.budget import Budget
@@ -37,6 +37,11 @@ class Unavailable:
     def classify(self, text: str, **_options: object) -> Classification:  # noqa: ARG002
         raise self.error
 
+    @property
+    def unavailable(self) -> ClassifierError:
+        """Why this link cannot answer any text (the router skips it for a whole batch)."""
+        return self.error
+
 
 class LazyClassifier:
     """Loads a local classifier on first use, once; a load failure is remembered."""
@@ -64,6 +69,15 @@ class LazyClassifier:
 
     def classify(self, text: str) -> Classification:
         return self.get().classify(text)
+
+    def classify_batch(self, texts: Sequence[str]) -> list[Classification]:
+        """The model's vectorised ``classify_batch`` when it has one, else one at a time."""
+        model = self.get()
+        batch = getattr(model, "classify_batch", None)
+        if callable(batch):
+            answered: list[Classification] = batch(texts)
+            return answered
+        return [model.classify(t) for t in texts]
 
 
 @dataclass

@@ -84,23 +84,95 @@ class Router:
             try:
                 result = classifier.classify(text)
             except ClassifierError as exc:
-                level = logging.DEBUG if exc.reason in _QUIET_REASONS else logging.WARNING
-                logger.log(
-                    level, "classifier %s failed on %d chars: %s", classifier.name, len(text), exc
-                )
+                self._log_failure(classifier, text, exc)
                 errors.append(exc)
                 continue
-            update: dict[str, object] = {"latency_ms": (time.perf_counter() - started) * 1000}
-            if result.strategy is None and self.strategy is not None:
-                update["strategy"] = self.strategy
-            if errors:
-                update["fallback_reason"] = errors[0].reason
-                update["decision"] = Decision.FALLBACK
-                spent = _spent(errors)
-                if spent is not None:  # what the failed LLM attempts cost, kept with the row
-                    update["usage"] = spent if result.usage is None else spent + result.usage
-            return result.model_copy(update=update)
+            return self._finish(result, errors, started)
         raise AllClassifiersFailed(errors)
+
+    def _log_failure(self, classifier: Classifier, text: str, exc: ClassifierError) -> None:
+        level = logging.DEBUG if exc.reason in _QUIET_REASONS else logging.WARNING
+        logger.log(level, "classifier %s failed on %d chars: %s", classifier.name, len(text), exc)
+
+    def _finish(
+        self, result: Classification, errors: list[ClassifierError], started: float
+    ) -> Classification:
+        """Stamp latency, strategy and (after failures) the fallback reason and spend."""
+        update: dict[str, object] = {"latency_ms": (time.perf_counter() - started) * 1000}
+        if result.strategy is None and self.strategy is not None:
+            update["strategy"] = self.strategy
+        if errors:
+            update["fallback_reason"] = errors[0].reason
+            update["decision"] = Decision.FALLBACK
+            spent = _spent(errors)
+            if spent is not None:  # what the failed LLM attempts cost, kept with the row
+                update["usage"] = spent if result.usage is None else spent + result.usage
+        return result.model_copy(update=update)
+
+    def classify_batch(
+        self, texts: Sequence[object], *, concurrency: int = 8
+    ) -> list[Classification | RouterError | TypeError | ValueError]:
+        """Classify ``texts`` stage by stage: each classifier of the chain gets every text
+        the ones before it could not answer, at once.
+
+        A classifier with ``classify_batch`` (the local models) answers its texts in one
+        vectorised call; others (the LLM) take them ``concurrency`` at a time. The answers
+        are those :meth:`classify` gives, and a row that could not be answered (or a bad
+        input) holds its exception in place, as with ``classify_many(...,
+        return_exceptions=True)``. For corpora: far faster than one text at a time when a
+        local model answers.
+        """
+        started = time.perf_counter()
+        results: list[Classification | RouterError | TypeError | ValueError | None] = []
+        pending: list[tuple[int, str]] = []
+        for i, text in enumerate(texts):
+            try:
+                pending.append((i, prepare_text(text, self.max_input_chars)))
+                results.append(None)
+            except (TypeError, ValueError) as exc:
+                results.append(exc)
+        errors: dict[int, list[ClassifierError]] = {i: [] for i, _ in pending}
+        for classifier in self.classifiers:
+            if not pending:
+                break
+            answers = self._stage(classifier, [t for _, t in pending], concurrency)
+            still: list[tuple[int, str]] = []
+            for (i, text), answer in zip(pending, answers, strict=True):
+                if isinstance(answer, ClassifierError):
+                    self._log_failure(classifier, text, answer)
+                    errors[i].append(answer)
+                    still.append((i, text))
+                else:
+                    results[i] = self._finish(answer, errors[i], started)
+            pending = still
+        for i, _ in pending:
+            results[i] = AllClassifiersFailed(errors[i])
+        return [r for r in results if r is not None]
+
+    def _stage(
+        self, classifier: Classifier, texts: list[str], concurrency: int
+    ) -> list[Classification | ClassifierError]:
+        standing = getattr(classifier, "unavailable", None)
+        if isinstance(standing, ClassifierError):  # e.g. no API key: nothing to try
+            return [standing] * len(texts)
+        batch = getattr(classifier, "classify_batch", None)
+        if callable(batch):
+            try:
+                answered: list[Classification] = batch(texts)
+                return list(answered)
+            except ClassifierError as exc:  # the model cannot answer at all
+                return [exc] * len(texts)
+
+        def one(text: str) -> Classification | ClassifierError:
+            try:
+                return classifier.classify(text)
+            except ClassifierError as exc:
+                return exc
+
+        if concurrency <= 1 or len(texts) <= 1:
+            return [one(t) for t in texts]
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(texts))) as pool:
+            return list(pool.map(one, texts))
 
     @overload
     def classify_many(

@@ -63,6 +63,15 @@ class StrategyClassifier:
         self.name = llm.name
         self._warned_no_local = False
 
+    @property
+    def unavailable(self) -> ClassifierError | None:
+        """The LLM link's standing error (no key, say) when this strategy needs the LLM for
+        every text; a cascade can still answer confident texts locally."""
+        error = getattr(self.llm, "unavailable", None)
+        if isinstance(error, ClassifierError) and self.strategy != "cascade":
+            return error
+        return None
+
     def classify(self, text: str) -> Classification:
         if self.strategy == "llm":
             return self._stamp(self.llm.classify(text))

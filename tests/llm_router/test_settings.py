@@ -111,6 +111,8 @@ def test_public_api_is_exactly_all():
         "taxonomy",
         "testing",
         "strategy",
+        "corpus",
+        "records",
     }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):

@@ -1,0 +1,627 @@
+"""Classify a whole corpus file: resumable, never paying twice, one output file.
+
+``classify_file(input, output)`` reads ``.jsonl``/``.jsonl.gz``/``.csv``/``.parquet`` rows,
+skips every id already in ``output``, classifies the rest with one :class:`Router` (one
+budget and rate limit for all workers) and appends each answered row to ``output`` in whole
+rows, so a job killed at any moment resumes where it stopped:
+
+- ``.jsonl`` / ``.csv`` outputs are appended to; a torn last line (``kill -9`` mid-write) is
+  cut off on resume;
+- ``.parquet`` cannot be appended to: rows go to a journal beside it
+  (``OUTPUT.parts/*.jsonl``), merged into ``OUTPUT`` when the job ends (also on Ctrl-C);
+  until then ``OUTPUT`` is the last complete file.
+
+With the LLM in play rows are answered ``concurrency`` at a time and written as they finish
+(so the output order may differ from the input's); without it the local models answer in
+vectorised chunks. ``--engine ray`` runs the same job on Ray Data (:mod:`llm_router.ray_engine`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, Field
+
+from llm_router.budget import Budget
+from llm_router.errors import AllClassifiersFailed, ClassifierError, ConfigError, RouterError
+from llm_router.records import DataError, read_records
+from llm_router.router import Router
+from llm_router.schemas import Classification, Usage
+from llm_router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "id",
+    "label",
+    "name",
+    "group",
+    "source",
+    "score",
+    "fallback_reason",
+    "model",
+    "prompt_version",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "error",
+)
+OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
+Engine = Literal["local", "ray"]
+
+
+class CorpusSummary(BaseModel):
+    """What one run of :func:`classify_file` did (this run only, not earlier ones)."""
+
+    read: int = 0  # rows read from the input
+    classified: int = 0  # rows written with a label
+    skipped: int = 0  # ids already in the output: nothing sent
+    failed: int = 0  # rows written with an error, plus duplicate and missing ids
+    failed_by_reason: dict[str, int] = Field(default_factory=dict)
+    by_source: dict[str, int] = Field(default_factory=dict)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    engine: str = "local"
+    output: str = ""
+    interrupted: bool = False
+
+    def line(self) -> str:
+        """The summary as ``key=value`` pairs on one line (the CLI's last stdout line)."""
+        pairs: list[tuple[str, object]] = [
+            ("read", self.read),
+            ("classified", self.classified),
+            ("skipped", self.skipped),
+            ("failed", self.failed),
+            ("requests", self.requests),
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+            ("cost_usd", f"{self.cost_usd:.6f}"),
+            ("wall_s", f"{self.wall_s:.2f}"),
+        ]
+        pairs += [(f"source_{k}", v) for k, v in sorted(self.by_source.items())]
+        pairs += [(f"failed_{k}", v) for k, v in sorted(self.failed_by_reason.items())]
+        if self.interrupted:
+            pairs.append(("interrupted", "true"))
+        return " ".join(f"{k}={v}" for k, v in pairs)
+
+
+# -- input -----------------------------------------------------------------------------------
+class Item(NamedTuple):
+    """One input row to classify: its id and its text (or what was wrong with it)."""
+
+    id: str
+    text: object
+
+
+def check_paths(input_path: Path, output_path: Path) -> None:
+    """One-line errors for an unusable INPUT or OUTPUT, before any work starts."""
+    if not input_path.name.lower().endswith(INPUT_SUFFIXES):
+        raise DataError(f"{input_path}: unsupported input format (use {', '.join(INPUT_SUFFIXES)})")
+    if not input_path.is_file():
+        raise DataError(f"input not found: {input_path}")
+    if output_path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(
+            f"{output_path}: unsupported output format (use {', '.join(OUTPUT_SUFFIXES)})"
+        )
+    if output_path.resolve() == input_path.resolve():
+        raise DataError("OUTPUT must not be the INPUT file")
+
+
+def text_of(row: dict[str, Any], text_field: str, title_field: str | None) -> object:
+    """The text the models see: ``title. abstract`` when there is a title (as in training);
+    the raw value (None, a number, ...) when the text is not a string."""
+    text = row.get(text_field)
+    if not isinstance(text, str):
+        return text
+    title = row.get(title_field) if title_field else None
+    if isinstance(title, str) and title.strip() and text.strip():
+        return f"{title.strip()}. {text.strip()}"
+    return text
+
+
+def normalise_id(value: object) -> str | None:
+    """An id as a string (integers as digits, strings untouched); None when null or empty."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    return text if text.strip() else None
+
+
+# -- output ----------------------------------------------------------------------------------
+def output_row(item_id: str, result: Classification | Exception) -> dict[str, Any]:
+    """One output row: the answer's columns, or the error that kept it from one."""
+    if isinstance(result, Exception):
+        return {**dict.fromkeys(COLUMNS), "id": item_id, "error": error_text(result)}
+    usage = result.usage
+    return {
+        "id": item_id,
+        "label": result.label,
+        "name": result.name,
+        "group": result.group,
+        "source": result.source,
+        "score": result.candidates[0].score if result.candidates else None,
+        "fallback_reason": result.fallback_reason,
+        "model": result.model,
+        "prompt_version": result.prompt_version,
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "cost_usd": usage.cost_usd if usage and usage.cost_usd is not None else 0.0,
+        "error": None,
+    }
+
+
+def error_text(exc: Exception) -> str:
+    """``invalid_input: ...`` or ``<reason>: ...`` on one line."""
+    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
+        kind = "invalid_input"
+    elif isinstance(exc, AllClassifiersFailed):
+        kind = exc.errors[0].reason if exc.errors else "failed"
+    elif isinstance(exc, ClassifierError):
+        kind = exc.reason
+    else:
+        kind = type(exc).__name__
+    return f"{kind}: {' '.join(str(exc).split())}"[:500]
+
+
+class Sink:
+    """The output file: ids already in it, and whole-row appends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kind = path.suffix.lower()
+        self.journal_dir = path.with_name(path.name + ".parts")
+        self._lock = threading.Lock()
+        self._handle: io.BufferedWriter | None = None
+
+    # The file rows are appended to: OUTPUT itself, or (parquet) this run's journal.
+    def _append_target(self) -> Path:
+        if self.kind == ".parquet":
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            return self.journal_dir / f"part-{time.time_ns()}.jsonl"
+        return self.path
+
+    def done_ids(self) -> set[str]:
+        """Every id already written (a torn last line is cut off first)."""
+        ids: set[str] = set()
+        if self.kind == ".parquet":
+            if self.path.is_file():
+                ids.update(_parquet_ids(self.path))
+            for part in sorted(self.journal_dir.glob("part-*.jsonl")):
+                _cut_torn_tail(part)
+                ids.update(_jsonl_ids(part))
+        elif self.path.is_file():
+            _cut_torn_tail(self.path)
+            if self.kind == ".jsonl":
+                ids.update(_jsonl_ids(self.path))
+            else:
+                ids.update(_csv_ids(self.path))
+        return ids
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` in one write: a crash leaves whole rows, or a torn last one that
+        the next run cuts off."""
+        if not rows:
+            return
+        with self._lock:
+            if self._handle is None:
+                target = self._append_target()
+                fresh = not target.is_file() or target.stat().st_size == 0
+                self._handle = open(target, "ab")  # noqa: SIM115 - kept open for the run
+                if fresh and self.kind == ".csv":
+                    self._handle.write(_csv_lines([dict(zip(COLUMNS, COLUMNS, strict=True))]))
+            data = _csv_lines(rows) if self.kind == ".csv" else _jsonl_lines(rows)
+            self._handle.write(data)
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file; for parquet, merge OUTPUT and the journal into a new OUTPUT."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+        if self.kind == ".parquet":
+            merge_parquet(self.path, sorted(self.journal_dir.glob("part-*.jsonl")))
+            if self.journal_dir.is_dir():
+                for part in self.journal_dir.glob("part-*.jsonl"):
+                    part.unlink()
+                self.journal_dir.rmdir()
+
+
+def _jsonl_lines(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def _csv_lines(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline: a row torn by a crash mid-write."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        step = min(size, 1 << 16)
+        position = size
+        while position > 0:
+            start = max(0, position - step)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                handle.truncate(start + cut + 1)
+                break
+            position = start
+        else:
+            handle.truncate(0)
+    logger.warning("%s ended in a torn row (an interrupted write): it was dropped", path)
+
+
+def _jsonl_ids(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                yield str(row["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}: line {n} is not an output row ({exc})") from None
+
+
+def _csv_ids(path: Path) -> Iterator[str]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise DataError(
+                f"{path} exists with other columns ({', '.join(reader.fieldnames[:4])}, ...): "
+                "not an output of this command; choose another OUTPUT"
+            )
+        for row in reader:
+            yield row["id"]
+
+
+def _parquet_ids(path: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    except (pa.ArrowException, KeyError, OSError) as exc:
+        raise DataError(f"cannot read the existing output {path}: {exc}") from None
+
+
+def merge_parquet(path: Path, parts: list[Path]) -> None:
+    """Write OUTPUT anew from its current rows and the journal parts (atomic rename)."""
+    if not parts:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            (c, pa.float64() if c in ("score", "cost_usd") else pa.int64())
+            if c in ("score", "cost_usd", "prompt_tokens", "completion_tokens")
+            else (c, pa.string())
+            for c in COLUMNS
+        ]
+    )
+    tables = [pq.read_table(path).cast(schema)] if path.is_file() else []
+    for part in parts:
+        rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line]
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=schema))
+    temporary = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.concat_tables(tables), temporary)
+    os.replace(temporary, path)
+
+
+# -- the job ---------------------------------------------------------------------------------
+class Tally:
+    """Counts for the summary, and the progress bar's numbers, shared across threads."""
+
+    def __init__(self) -> None:
+        self.summary = CorpusSummary()
+        self.sources: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def fail(self, reason: str) -> None:
+        with self._lock:
+            self.failures[reason] += 1
+
+    def add(self, result: Classification | Exception) -> None:
+        with self._lock:
+            s = self.summary
+            usage = usage_of(result)
+            if usage is not None:
+                s.requests += usage.requests
+                s.prompt_tokens += usage.prompt_tokens
+                s.completion_tokens += usage.completion_tokens
+                s.cost_usd += usage.cost_usd or 0.0
+            if isinstance(result, Classification):
+                s.classified += 1
+                self.sources[result.source] += 1
+            else:
+                self.failures[error_text(result).split(":", 1)[0]] += 1
+
+    def finish(self) -> CorpusSummary:
+        s = self.summary
+        s.by_source = dict(self.sources)
+        s.failed_by_reason = dict(self.failures)
+        s.failed = sum(self.failures.values())
+        return s
+
+
+def usage_of(result: Classification | Exception) -> Usage | None:
+    """What a row cost: its answer's usage, or what its failed LLM attempts spent."""
+    if isinstance(result, Classification):
+        return result.usage
+    if isinstance(result, AllClassifiersFailed):
+        return result.errors[0].usage if result.errors else None
+    return result.usage if isinstance(result, ClassifierError) else None
+
+
+def iter_items(
+    rows: Iterable[dict[str, Any]],
+    *,
+    text_field: str,
+    title_field: str | None,
+    id_field: str,
+    done: set[str],
+    tally: Tally,
+) -> Iterator[Item]:
+    """The rows still to classify: ids already written are skipped, a repeated id or a
+    missing one is counted as failed."""
+    seen: set[str] = set()
+    for row in rows:
+        tally.summary.read += 1
+        item_id = normalise_id(row.get(id_field))
+        if item_id is None:
+            tally.fail("missing_id")
+            continue
+        if item_id in seen:
+            tally.fail("duplicate_id")
+            continue
+        seen.add(item_id)
+        if item_id in done:
+            tally.summary.skipped += 1
+            continue
+        yield Item(id=item_id, text=text_of(row, text_field, title_field))
+
+
+def classify_file(
+    input: str | Path,  # noqa: A002 - the CLI's name for it
+    output: str | Path,
+    *,
+    settings: Settings | None = None,
+    text_field: str = "abstract",
+    title_field: str | None = "title",
+    id_field: str = "id",
+    concurrency: int = 8,
+    rpm: float | None = None,
+    max_requests: int | None = None,
+    max_cost_usd: float | None = None,
+    max_tokens: int | None = None,
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    chunk_size: int = 1024,
+    progress: bool | None = None,
+) -> CorpusSummary:
+    """Classify every row of ``input`` not yet in ``output``; returns what this run did.
+
+    ``progress=None`` shows a progress bar when stderr is a terminal. Ctrl-C stops the job,
+    keeps every row already answered and re-raises :class:`KeyboardInterrupt` with the
+    partial summary as its ``summary`` attribute.
+
+    Raises:
+        DataError: INPUT missing, unreadable or without the id field; OUTPUT of another kind.
+        ConfigError: invalid settings or options.
+    """
+    input_path, output_path = Path(input), Path(output)
+    check_paths(input_path, output_path)
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+    settings = settings or Settings()
+    if rpm is not None:
+        if not rpm > 0:
+            raise ConfigError(f"--rpm must be positive, got {rpm}")
+        settings = settings.model_copy(update={"rpm": rpm})
+    if engine == "ray":
+        from llm_router.ray_engine import classify_file_ray
+
+        ray_summary: CorpusSummary = classify_file_ray(
+            input_path,
+            output_path,
+            settings=settings,
+            text_field=text_field,
+            title_field=title_field,
+            id_field=id_field,
+            concurrency=concurrency,
+            max_requests=max_requests,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            address=ray_address,
+            workers=ray_workers,
+            chunk_size=chunk_size,
+        )
+        return ray_summary
+    if engine != "local":
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    started = time.perf_counter()
+    records = read_records(input_path)
+    first = next(records, None)  # a missing id field fails before any model is loaded
+    if first is not None and id_field not in first:
+        raise DataError(
+            f"{input_path}: no id field {id_field!r} in the input (its fields: "
+            f"{', '.join(list(first)[:8])}); pass --id-field"
+        )
+    sink = Sink(output_path)
+    tally = Tally()
+    tally.summary.output = str(output_path)
+    done = sink.done_ids()
+    budget = Budget(max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
+    router = Router.from_settings(settings, budget=budget)
+    items = iter_items(
+        itertools.chain([first] if first is not None else [], records),
+        text_field=text_field,
+        title_field=title_field,
+        id_field=id_field,
+        done=done,
+        tally=tally,
+    )
+    bar = _progress(progress, tally, budget)
+    try:
+        if settings.api_key is not None:
+            _run_streaming(router, items, sink, tally, concurrency, bar)
+        else:
+            _run_chunked(router, items, sink, tally, chunk_size, concurrency, bar)
+    except KeyboardInterrupt as interrupt:
+        tally.summary.interrupted = True
+        _close(sink, router, bar)
+        tally.summary.wall_s = time.perf_counter() - started
+        interrupt.summary = tally.finish()  # type: ignore[attr-defined]
+        raise
+    _close(sink, router, bar)
+    tally.summary.wall_s = time.perf_counter() - started
+    return tally.finish()
+
+
+def _close(sink: Sink, router: Router, bar: Any) -> None:
+    sink.close()
+    router.close()
+    if bar is not None:
+        bar.close()
+
+
+def _progress(enabled: bool | None, tally: Tally, budget: Budget) -> Any:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="classify", unit="row", file=sys.stderr, dynamic_ncols=True)
+    bar.tally = tally
+    bar.budget = budget
+    return bar
+
+
+def _tick(bar: Any, n: int) -> None:
+    if bar is None:
+        return
+    bar.update(n)
+    snap = bar.budget.snapshot()
+    bar.set_postfix(
+        skipped=bar.tally.summary.skipped, req=snap["requests"], usd=f"{snap['cost_usd']:.4f}"
+    )
+
+
+def _run_chunked(
+    router: Router,
+    items: Iterator[Item],
+    sink: Sink,
+    tally: Tally,
+    chunk_size: int,
+    concurrency: int,
+    bar: Any,
+) -> None:
+    """Local models answer: vectorised chunks, each written in one append."""
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= chunk_size:
+            _answer_chunk(router, chunk, sink, tally, concurrency, bar)
+            chunk = []
+    _answer_chunk(router, chunk, sink, tally, concurrency, bar)
+
+
+def _answer_chunk(
+    router: Router, chunk: list[Item], sink: Sink, tally: Tally, concurrency: int, bar: Any
+) -> None:
+    if not chunk:
+        return
+    results = router.classify_batch([i.text for i in chunk], concurrency=concurrency)
+    for result in results:
+        tally.add(result)
+    sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
+    _tick(bar, len(chunk))
+
+
+def _run_streaming(
+    router: Router,
+    items: Iterator[Item],
+    sink: Sink,
+    tally: Tally,
+    concurrency: int,
+    bar: Any,
+) -> None:
+    """The LLM answers: ``concurrency`` rows in flight, each written as it finishes."""
+    one = _one_row(router)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="corpus")
+    inflight: dict[Future[Classification | Exception], Item] = {}
+
+    def drain(block_until: int) -> None:
+        while len(inflight) > block_until:
+            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            rows = []
+            for future in finished:
+                item = inflight.pop(future)
+                result = future.result()
+                tally.add(result)
+                rows.append(output_row(item.id, result))
+            sink.write(rows)
+            _tick(bar, len(rows))
+
+    try:
+        for item in items:
+            drain(2 * concurrency - 1)
+            inflight[pool.submit(one, item.text)] = item
+        drain(0)
+    except KeyboardInterrupt:
+        # Rows already answered are written; rows in flight are left (a re-run asks again,
+        # or finds them in the cache), so the job stops at once.
+        done = [f for f in inflight if f.done() and not f.cancelled()]
+        rows = []
+        for future in done:
+            item = inflight.pop(future)
+            tally.add(future.result())
+            rows.append(output_row(item.id, future.result()))
+        sink.write(rows)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _one_row(router: Router) -> Callable[[object], Classification | Exception]:
+    def one(text: object) -> Classification | Exception:
+        result = router.classify_batch([text], concurrency=1)[0]
+        return result
+
+    return one
