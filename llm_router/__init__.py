@@ -6,6 +6,7 @@
 ('cs.CV', 'llm', False)
 """
 
+from llm_router.corpus import CorpusSummary, classify_file
 from llm_router.errors import (
     AllClassifiersFailed,
     BudgetExceeded,
@@ -16,7 +17,6 @@ from llm_router.errors import (
     ModelNotAvailable,
     RouterError,
 )
-from llm_router.corpus import CorpusSummary, classify_file
 from llm_router.router import Router, aroute, route
 from llm_router.schemas import Candidate, Classification, Usage
 from llm_router.settings import Settings

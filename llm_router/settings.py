@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     # From the TF-IDF model's selective-accuracy curve on the test split (BENCHMARKS.md):
     # the lowest threshold at which the rows kept locally are right at least 90 % of the time.
     cascade_threshold: float = Field(CASCADE_THRESHOLD, ge=0.0, le=1.0)
+    # `python -m llm_router serve`: a bearer token for /v1/* and /docs (unset: open), the
+    # largest request body, batch and number of requests worked on / waiting at once.
+    server_token: SecretStr | None = None
+    server_max_body_bytes: int = Field(1_000_000, ge=1)
+    server_max_batch: int = Field(256, ge=1)
+    server_max_inflight: int = Field(64, ge=1)
+    server_max_queue: int = Field(256, ge=0)
     device: str | None = None  # torch device for BERT; None picks cuda when available
     http_referer: str | None = None  # OpenRouter's optional app attribution headers
     app_title: str | None = "llm-router"
@@ -107,7 +114,7 @@ class Settings(BaseSettings):
             raise ValueError(f"each fallback may appear once, got {','.join(map(str, value))}")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "server_token", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -180,7 +187,7 @@ def _one_line(exc: ValidationError, given: dict[str, Any]) -> str:
         if field in _KEY_VARIABLES:
             field = "api_key"
         where = _variable(field, given)
-        if field == "api_key" or error["type"] == "extra_forbidden":
+        if field in ("api_key", "server_token") or error["type"] == "extra_forbidden":
             problems.append(f"{where}: {message}")  # never echo a key
         else:
             problems.append(f"{where} = {error.get('input')!r}: {message}")

@@ -1,0 +1,356 @@
+"""``python -m llm_router serve``: one Router behind an HTTP API (FastAPI) and a web page.
+
+```
+POST /v1/classify        {"text": "..."}      → the Classification (with name and group)
+POST /v1/classify/batch  {"texts": [...]}     → {"results": [...]}, a row's error in place
+GET  /healthz  /readyz  /metrics  /docs  /ui
+```
+The chain is built once, at start-up, off the event loop; every classification runs in
+worker threads (the router is synchronous), so a slow LLM call never blocks ``/healthz``,
+and the LLM's rate limit, budget, cache and circuit breaker are shared by all requests.
+Errors are ``{"error": {"type": ..., "message": ...}}``. Configuration: ``LLM_ROUTER_*``
+(``SERVER_TOKEN``, ``SERVER_MAX_BODY_BYTES``, ``SERVER_MAX_BATCH``, ``SERVER_MAX_INFLIGHT``,
+``SERVER_MAX_QUEUE``), see the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from llm_router.errors import ClassifierError, RouterError
+from llm_router.metrics import ServiceMetrics
+from llm_router.router import Router
+from llm_router.schemas import Classification
+from llm_router.settings import Settings
+
+logger = logging.getLogger(__name__)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+GUARDED_PREFIXES = ("/v1/", "/docs", "/openapi.json", "/redoc")
+
+
+class ClassifyRequest(BaseModel):
+    text: str = Field(description="the abstract (title first, if you have one)")
+
+
+class BatchRequest(BaseModel):
+    texts: list[Any] = Field(description="abstracts; a bad row gets its error in place")
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
+def _error(status: int, kind: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(error_body(kind, message), status_code=status, headers=headers or None)
+
+
+def _row_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
+        return error_body("invalid_input", str(exc))
+    if isinstance(exc, RouterError):
+        return error_body("unavailable", str(exc))
+    return error_body("internal", type(exc).__name__)
+
+
+class Admission:
+    """At most ``inflight`` requests worked on and ``queue`` waiting; past that, refuse."""
+
+    def __init__(self, inflight: int, queue: int) -> None:
+        self.inflight = inflight
+        self.queue = queue
+        self.admitted = 0
+        self._slots = asyncio.Semaphore(inflight)
+
+    def try_enter(self) -> bool:
+        if self.admitted >= self.inflight + self.queue:
+            return False
+        self.admitted += 1
+        return True
+
+    async def run(self, work: Callable[[], Awaitable[Response]]) -> Response:
+        try:
+            async with self._slots:
+                return await work()
+        finally:
+            self.admitted -= 1
+
+
+class BodyLimit:
+    """ASGI middleware: 413 as soon as a body passes ``limit`` bytes, whether it announces
+    a ``Content-Length`` or comes chunked."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+        refused = False
+
+        async def limited_receive() -> Any:
+            # Past the limit the 413 goes out at once and the app sees the client leave
+            # (raising here would be turned into a 400 by the body parser).
+            nonlocal received, started, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    if not started:
+                        started = True
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 has been sent: whatever the app answers is dropped
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, tracking_send)
+
+    async def _refuse(self, send: Any) -> None:
+        response = _error(
+            413,
+            "too_large",
+            f"request body over {self.limit} bytes (LLM_ROUTER_SERVER_MAX_BODY_BYTES)",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def readiness(router: Router) -> tuple[bool, list[str]]:
+    """Whether at least one classifier of the chain can answer, and why each cannot."""
+    reasons = []
+    ready = False
+    for classifier in router.classifiers:
+        standing = getattr(classifier, "unavailable", None)
+        if isinstance(standing, ClassifierError):
+            reasons.append(f"{classifier.name}: {standing.reason}")
+            continue
+        get = getattr(classifier, "get", None)
+        if callable(get):  # a lazily loaded local model: load it now
+            try:
+                get()
+            except ClassifierError as exc:
+                reasons.append(f"{classifier.name}: {exc.reason}")
+                continue
+        ready = True
+    return ready, reasons
+
+
+def create_app(
+    settings: Settings | None = None, *, router: Router | None = None, ui: bool = True
+) -> FastAPI:
+    """The service app; ``router`` defaults to ``Router.from_settings(settings)``, built at
+    start-up."""
+    settings = settings or Settings()
+    token = settings.server_token.get_secret_value() if settings.server_token else None
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    workers = ThreadPoolExecutor(
+        max_workers=settings.server_max_inflight, thread_name_prefix="llm-router-serve"
+    )
+    state: dict[str, Any] = {"router": router, "ready": False, "reasons": ["starting"]}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        built = state["router"] or await loop.run_in_executor(
+            workers, Router.from_settings, settings
+        )
+        state["router"] = built
+        state["ready"], state["reasons"] = await loop.run_in_executor(workers, readiness, built)
+        state["admission"] = Admission(settings.server_max_inflight, settings.server_max_queue)
+        logger.info("llm-router ready=%s (%s)", state["ready"], "; ".join(state["reasons"]))
+        try:
+            yield
+        finally:
+            built.close()
+            workers.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="llm-router",
+        summary="arXiv primary categories for abstracts: LLM first, local models second.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_input", _one_line(exc))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        endpoint = _endpoint(path)
+        if token is not None and path.startswith(GUARDED_PREFIXES):
+            given = request.headers.get("authorization", "")
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.encode(), token.encode()
+            ):
+                metrics.request(endpoint, 401, time.perf_counter() - started)
+                return _error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                    **{"WWW-Authenticate": "Bearer"},
+                )
+        if path.startswith("/v1/"):
+            admission: Admission | None = state.get("admission")
+            if admission is None or not admission.try_enter():
+                metrics.request(endpoint, 503, time.perf_counter() - started)
+                return _error(
+                    503,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                    **{"Retry-After": "1"},
+                )
+            response = await admission.run(lambda: call_next(request))
+        else:
+            response = await call_next(request)
+        metrics.request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(workers, function, *args)
+
+    @app.post("/v1/classify", response_model=Classification)
+    async def classify(body: ClassifyRequest) -> Response:
+        """Classify one abstract."""
+        router_: Router = state["router"]
+        try:
+            result: Classification = await in_thread(router_.classify, body.text)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, RouterError):
+                raise
+            return _error(422, "invalid_input", str(exc))
+        except RouterError as exc:
+            return _error(503, "unavailable", str(exc))
+        metrics.classified(result)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    @app.post("/v1/classify/batch")
+    async def classify_batch(body: BatchRequest) -> Response:
+        """Classify many abstracts; results keep the input order, a bad row holds its error."""
+        if len(body.texts) > settings.server_max_batch:
+            return _error(
+                413,
+                "too_large",
+                f"{len(body.texts)} texts, at most {settings.server_max_batch} "
+                "(LLM_ROUTER_SERVER_MAX_BATCH)",
+            )
+        router_: Router = state["router"]
+        results = await in_thread(_classify_rows, router_, body.texts)
+        rows = []
+        for result in results:
+            if isinstance(result, Classification):
+                metrics.classified(result)
+                rows.append(result.model_dump(mode="json"))
+            else:
+                rows.append(_row_error(result))
+        return JSONResponse({"results": rows})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up (answers even while classifications are in flight)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """200 once the chain is built and at least one classifier can answer."""
+        body = {"ready": state["ready"], "unavailable": state["reasons"]}
+        return JSONResponse(body, status_code=200 if state["ready"] else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
+    if ui:
+        from llm_router.page import mount_page
+
+        mount_page(app, lambda: state["router"], settings, metrics)
+    return app
+
+
+def _classify_rows(router: Router, texts: list[Any]) -> list[Classification | Exception]:
+    results: list[Classification | Exception] = list(
+        router.classify_many(texts, concurrency=8, return_exceptions=True)
+    )
+    return results
+
+
+def _endpoint(path: str) -> str:
+    for known in ("/v1/classify/batch", "/v1/classify", *OPEN_PATHS, "/docs", "/openapi.json"):
+        if path == known:
+            return known
+    return "/ui" if path.startswith("/ui") else "other"
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    """FastAPI's error list as one line: what was wrong, and where."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            parts.append("the body is not valid JSON")
+        elif kind == "missing":
+            parts.append(f"missing field {where!r}")
+        elif kind == "model_attributes_type" and isinstance(error.get("input"), str | bytes):
+            parts.append("the body is not a JSON object (send Content-Type: application/json)")
+        elif kind in ("string_type", "list_type", "model_attributes_type", "dict_type"):
+            expected = {"string_type": "a string", "list_type": "a list"}.get(kind, "an object")
+            parts.append(f"{where or 'the body'} must be {expected}")
+        else:
+            parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 8000, ui: bool = True) -> None:
+    """Run the app under uvicorn (one process; the chain is loaded once)."""
+    import uvicorn
+
+    uvicorn.run(create_app(ui=ui), host=host, port=port, log_level="info")

@@ -1,0 +1,312 @@
+"""The HTTP service under a real uvicorn on 127.0.0.1, and its page in a real Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "fastapi", reason='the [serve] extra is not installed: pip install -e ".[serve]"'
+)
+pytest.importorskip(
+    "gradio", reason='the [serve] extra is not installed: pip install -e ".[serve]"'
+)
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+
+from llm_router import Router  # noqa: E402
+from llm_router.service import create_app  # noqa: E402
+from llm_router.testing import Reply  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = (
+    "We prove existence and uniqueness of weak solutions to nonlinear parabolic equations "
+    "with measure data on bounded domains."
+)
+
+
+class LiveServer:
+    """A real uvicorn serving ``app`` on a free port of 127.0.0.1, in a thread."""
+
+    def __init__(self, app) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve(make_settings, trained_models):
+    """Start a server with settings overrides; yields a function that returns it."""
+    started = []
+
+    def start(ui: bool = False, **overrides):
+        overrides.setdefault("model_dir", trained_models)
+        live = LiveServer(create_app(make_settings(**overrides), ui=ui)).__enter__()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.__exit__()
+
+
+def test_classify_answers_with_the_label_its_name_and_group(serve, make_settings, trained_models):
+    live = serve(api_key=None)
+    reply = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT})
+    assert reply.status_code == 200
+    body = reply.json()
+    direct = Router.from_settings(make_settings(api_key=None, model_dir=trained_models)).classify(
+        TEXT
+    )
+    assert (body["label"], body["source"], body["fallback_reason"]) == (
+        direct.label,
+        "tfidf",
+        "no_api_key",
+    )
+    assert body["name"] == direct.name and body["group"] == direct.group
+    assert len(body["candidates"]) == 5
+
+
+def test_the_llm_answers_through_the_service(serve, server):
+    server.script(Reply.answer("math.AP"))
+    live = serve()
+    body = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}).json()
+    assert (body["label"], body["source"], body["group"]) == ("math.AP", "llm", "Mathematics")
+    assert server.count == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "words"),
+    [
+        (b"not json", {"content-type": "application/json"}, "not valid JSON"),
+        (b'{"texts": ["a"]}', {"content-type": "application/json"}, "missing field 'text'"),
+        (b'{"text": 42}', {"content-type": "application/json"}, "text must be a string"),
+        (b'{"text": ""}', {"content-type": "application/json"}, "empty"),
+        (b'{"text": " \\n\\t "}', {"content-type": "application/json"}, "whitespace"),
+        (b'{"text": "x"}', {"content-type": "text/plain"}, "Content-Type: application/json"),
+    ],
+)
+def test_bad_input_is_a_422_with_one_line_and_sends_nothing(serve, server, content, headers, words):
+    live = serve()
+    reply = httpx.post(f"{live.url}/v1/classify", content=content, headers=headers)
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_input" and words in error["message"]
+    assert "\n" not in error["message"] and server.count == 0
+
+
+def test_a_batch_keeps_order_and_holds_each_bad_rows_error(serve, server):
+    server.default = lambda _b: Reply.answer("math.AP")
+    live = serve()
+    texts = [TEXT, "", 7, "   ", TEXT + " Second."]
+    reply = httpx.post(f"{live.url}/v1/classify/batch", json={"texts": texts})
+    assert reply.status_code == 200
+    results = reply.json()["results"]
+    assert [r.get("label") for r in results] == ["math.AP", None, None, None, "math.AP"]
+    assert [r["error"]["type"] for r in results[1:4]] == ["invalid_input"] * 3
+    assert server.count == 2
+    not_a_list = httpx.post(f"{live.url}/v1/classify/batch", json={"texts": "abc"})
+    assert not_a_list.status_code == 422
+    assert not_a_list.json()["error"]["message"] == "texts must be a list"
+
+
+def test_a_failed_row_in_a_batch_does_not_fail_the_others(serve, server, tmp_path):
+    server.default = lambda _b: Reply.error(401)
+    live = serve(model_dir=tmp_path / "no-models")  # the LLM is the only classifier
+    results = httpx.post(f"{live.url}/v1/classify/batch", json={"texts": [TEXT, ""]}).json()
+    assert [r["error"]["type"] for r in results["results"]] == ["unavailable", "invalid_input"]
+
+
+def test_bodies_and_batches_over_the_limits_get_413(serve):
+    live = serve(server_max_body_bytes=2000, server_max_batch=3)
+    big = {"text": "x" * 5000}
+    assert httpx.post(f"{live.url}/v1/classify", json=big).status_code == 413
+
+    def chunks():  # no Content-Length: chunked transfer
+        for _ in range(10):
+            yield b"x" * 500
+
+    chunked = httpx.post(
+        f"{live.url}/v1/classify", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "too_large"
+    many = httpx.post(f"{live.url}/v1/classify/batch", json={"texts": ["a b c"] * 4})
+    assert many.status_code == 413 and "LLM_ROUTER_SERVER_MAX_BATCH" in many.text
+
+
+def test_a_token_guards_v1_and_docs_but_not_health(serve, caplog):
+    token = "s3cret-token-value"
+    live = serve(api_key=None, server_token=token)
+    for path in ("/v1/classify", "/docs", "/openapi.json"):
+        method = httpx.post if path.startswith("/v1") else httpx.get
+        kwargs = {"json": {"text": TEXT}} if path.startswith("/v1") else {}
+        assert method(f"{live.url}{path}", **kwargs).status_code == 401
+        wrong = method(f"{live.url}{path}", headers={"Authorization": "Bearer nope"}, **kwargs)
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "unauthorized"
+        right = method(f"{live.url}{path}", headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        assert right.status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{live.url}{path}").status_code == 200
+    assert token not in caplog.text
+
+
+def test_readyz_is_503_with_reasons_when_nothing_can_answer(serve, tmp_path):
+    live = serve(api_key=None, model_dir=tmp_path / "empty")
+    reply = httpx.get(f"{live.url}/readyz")
+    assert reply.status_code == 503
+    assert reply.json()["unavailable"] == [
+        "llm: no_api_key",
+        "bert: missing_artifacts",
+        "tfidf: missing_artifacts",
+    ]
+    assert httpx.get(f"{live.url}/healthz").json() == {"status": "ok"}
+
+
+def test_metrics_count_requests_classifications_tokens_and_cache_hits(serve, server):
+    server.default = lambda _b: Reply.answer(
+        "math.AP", prompt_tokens=120, completion_tokens=6, cost=0.001
+    )
+    live = serve()
+    for _ in range(2):  # the second is a cache hit
+        httpx.post(f"{live.url}/v1/classify", json={"text": TEXT})
+    httpx.post(f"{live.url}/v1/classify", json={"text": ""})
+    text = httpx.get(f"{live.url}/metrics").text
+    expected = [
+        'llm_router_requests_total{endpoint="/v1/classify",status="200"} 2.0',
+        'llm_router_requests_total{endpoint="/v1/classify",status="422"} 1.0',
+        'llm_router_classifications_total{reason="none",source="llm"} 2.0',
+        'llm_router_llm_tokens_total{kind="prompt"} 120.0',
+        'llm_router_llm_tokens_total{kind="completion"} 6.0',
+        "llm_router_llm_cost_usd_total 0.001",
+        "llm_router_llm_requests_total 1.0",
+        "llm_router_cache_hits_total 1.0",
+        'llm_router_request_seconds_count{endpoint="/v1/classify"} 3.0',
+    ]
+    for line in expected:
+        assert line in text, line
+
+
+def test_past_inflight_and_queue_a_request_gets_503_and_healthz_still_answers(serve, server):
+    server.default = lambda _b: Reply.answer("math.AP", delay_s=1.5)
+    live = serve(server_max_inflight=1, server_max_queue=0, cache=False)
+    events = []
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+
+            async def classify(i):
+                reply = await client.post("/v1/classify", json={"text": f"{TEXT} {i}"})
+                events.append(("classify", reply.status_code, reply.headers.get("retry-after")))
+
+            async def health():
+                await asyncio.sleep(0.3)
+                reply = await client.get("/healthz")
+                events.append(("healthz", reply.status_code, None))
+
+            first = asyncio.create_task(classify(0))
+            await asyncio.sleep(0.3)  # the first is in flight
+            await asyncio.gather(classify(1), health())
+            await first
+
+    asyncio.run(scenario())
+    assert events[0] == ("classify", 503, "1")  # refused at once
+    assert events[1] == ("healthz", 200, None)  # while the first is still in flight
+    assert events[2] == ("classify", 200, None)
+    assert server.count == 1
+
+
+def test_two_hundred_concurrent_clients_are_all_answered(
+    serve, make_settings, trained_models, sample_rows
+):
+    live = serve(api_key=None)
+    texts = [r["abstract"] for r in sample_rows[:200]]
+    direct = Router.from_settings(make_settings(api_key=None, model_dir=trained_models))
+    expected = [c.label for c in direct.classify_many(texts)]
+
+    async def clients():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=live.url, timeout=60, limits=limits) as client:
+            replies = await asyncio.gather(
+                *(client.post("/v1/classify", json={"text": t}) for t in texts)
+            )
+        return replies
+
+    replies = asyncio.run(clients())
+    assert [r.status_code for r in replies] == [200] * 200
+    assert [r.json()["label"] for r in replies] == expected
+    assert httpx.get(f"{live.url}/healthz").status_code == 200
+
+
+def test_serve_without_the_extra_exits_2_with_the_install_hint():
+    code = (
+        "import sys; sys.modules['fastapi'] = None\n"
+        "from llm_router.__main__ import main\n"
+        "sys.exit(main(['serve']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and 'pip install -e ".[serve]"' in done.stderr
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_the_page_classifies_an_abstract_in_a_real_browser(serve, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    live = serve(api_key=None, ui=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{live.url}/ui/", wait_until="domcontentloaded")
+            page.locator("#classify").click()  # nothing pasted yet: a message, no traceback
+            page.get_by_text("Paste an abstract first").wait_for(timeout=30_000)
+            page.locator("#abstract textarea").fill(TEXT)
+            page.locator("#classify").click()
+            page.locator("#answer h2").wait_for(timeout=30_000)
+            label = page.locator("#answer h2").inner_text()
+            body = page.locator("#answer").inner_text()
+            llm = page.locator("#llm").inner_text()
+            page.locator("#top5-tfidf").wait_for(timeout=30_000)
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()
+    reply = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}).json()
+    assert label == reply["label"] and reply["name"] in body and "tfidf" in body
+    assert "no API key" in llm
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
