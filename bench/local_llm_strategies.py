@@ -4,9 +4,10 @@ Runs ``python -m eval`` once per configuration, each with a cache of its own so 
 strategy pays for its own requests (the figures are per-strategy, never borrowed from another
 strategy's cache), and collects the per-system figures of each report:
 - ``llm``: the full label list;
-- ``shortlist``: the TF-IDF top K, with the "none of these" answer that widens to the full list;
-- ``shortlist_strict``: the same K, with no way out (``LLM_ROUTER_SHORTLIST_WIDEN=false``);
-- ``cascade``: local when the top-1 probability is ≥ the threshold, else the widening shortlist;
+- ``shortlist``: the TF-IDF top K, with the "none of these" answer that widens to the full
+  list (``LLM_ROUTER_SHORTLIST_WIDEN=true``);
+- ``shortlist_strict``: the same K, with no way out (the default);
+- ``cascade``: local when the top-1 probability is ≥ the threshold, else the strict shortlist;
 - ``tfidf``: the local model alone, on the same rows.
 
 Start the server first (``LOCAL_LLM_MODEL=gemma3 scripts/local_llm.sh start 8766``), then:
@@ -27,7 +28,7 @@ from pathlib import Path
 
 RUNS = {
     "llm": ("llm,tfidf", {}),
-    "shortlist": ("shortlist", {}),
+    "shortlist": ("shortlist", {"LLM_ROUTER_SHORTLIST_WIDEN": "true"}),
     "shortlist_strict": ("shortlist", {"LLM_ROUTER_SHORTLIST_WIDEN": "false"}),
     "cascade": ("cascade", {}),
 }

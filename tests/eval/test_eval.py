@@ -448,6 +448,6 @@ def test_every_strategy_is_a_system_on_the_same_rows(env, server, tmp_path, samp
         r
         for r in server.requests
         if len(r.body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"])
-        == 9
+        == 8
     ]
     assert len(sent) == 12 and server.count == 24

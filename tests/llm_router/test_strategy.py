@@ -54,11 +54,11 @@ def test_shortlist_offers_exactly_the_local_models_top_k(make_settings, server):
     result = router_for(make_settings(), "shortlist", [local], k=4).classify(TEXT)
     top4 = ["hep-th", "hep-ph", "gr-qc", "math-ph"]
     body = server.requests[0].body
-    assert enum_of(body) == [*top4, "none"]
+    assert enum_of(body) == top4  # strict by default: no way out of the shortlist
     assert offered_lines(body) == top4
     assert (result.label, result.source, result.strategy) == ("hep-ph", "llm", "shortlist")
     assert result.decision == "llm_shortlist" and result.shortlist == top4
-    assert result.prompt_version == "shortlist/v1" and server.count == 1
+    assert result.prompt_version == "shortlist-strict/v1" and server.count == 1
 
 
 def test_llm_strategy_offers_the_full_list(make_settings, server):
@@ -72,9 +72,8 @@ def test_none_of_these_widens_to_the_full_list_once(make_settings, server):
     server.script(
         Reply.answer("none", prompt_tokens=300), Reply.answer("math.AG", prompt_tokens=1200)
     )
-    result = router_for(make_settings(), "shortlist", [RankedClassifier(RANKING)], k=3).classify(
-        TEXT
-    )
+    settings = make_settings(shortlist_widen=True)
+    result = router_for(settings, "shortlist", [RankedClassifier(RANKING)], k=3).classify(TEXT)
     first, second = (r.body for r in server.requests)
     assert enum_of(first) == ["hep-th", "hep-ph", "gr-qc", "none"]
     assert len(enum_of(second)) == len(LABELS) and "none" not in enum_of(second)
@@ -116,7 +115,7 @@ def test_cascade_asks_the_llm_with_the_shortlist_when_unsure(make_settings, serv
     server.script(Reply.answer("gr-qc"))
     local = RankedClassifier(RANKING)
     result = router_for(make_settings(), "cascade", [local], k=5, threshold=0.61).classify(TEXT)
-    assert server.count == 1 and len(enum_of(server.requests[0].body)) == 6
+    assert server.count == 1 and len(enum_of(server.requests[0].body)) == 5
     assert (result.label, result.source, result.decision) == ("gr-qc", "llm", "llm_shortlist")
 
 
@@ -149,7 +148,7 @@ def test_the_shortlist_comes_from_the_first_local_model_that_answers(make_settin
     server.script(Reply.answer("quant-ph"))
     second = RankedClassifier({"quant-ph": 0.5, "cs.IT": 0.3, "math.OC": 0.2}, name="tfidf")
     router_for(make_settings(), "shortlist", [MissingClassifier("bert"), second]).classify(TEXT)
-    assert enum_of(server.requests[0].body) == ["quant-ph", "cs.IT", "math.OC", "none"]
+    assert enum_of(server.requests[0].body) == ["quant-ph", "cs.IT", "math.OC"]
 
 
 def test_strategies_share_a_cached_answer_only_for_the_same_request(make_settings, server):
@@ -186,7 +185,7 @@ def test_strategy_k_and_threshold_come_from_the_environment(
     router = Router.from_settings(settings)
     result = router.classify(TEXT)
     body = server.requests[0].body
-    assert len(enum_of(body)) == 4 and enum_of(body)[-1] == "none"
+    assert len(enum_of(body)) == 3
     local = build_chain(settings).local["tfidf"].classify(TEXT)
     assert result.shortlist == [c.label for c in local.candidates[:3]]
     assert result.label == local.candidates[1].label and result.decision == "llm_shortlist"
@@ -203,7 +202,8 @@ def test_an_unknown_strategy_is_a_one_line_config_error(monkeypatch, make_settin
 
 def test_the_shortlist_prompt_names_every_offered_label(make_settings, server):
     server.script(Reply.answer("hep-th"))
-    router_for(make_settings(), "shortlist", [RankedClassifier(RANKING)], k=2).classify(TEXT)
+    settings = make_settings(shortlist_widen=True)
+    router_for(settings, "shortlist", [RankedClassifier(RANKING)], k=2).classify(TEXT)
     system = server.requests[0].body["messages"][0]["content"]
     assert "hep-th — High Energy Physics - Theory" in system
     assert "hep-ph — High Energy Physics - Phenomenology" in system
@@ -211,9 +211,10 @@ def test_the_shortlist_prompt_names_every_offered_label(make_settings, server):
     assert json.dumps(server.requests[0].body).count("cs.CV") == 0
 
 
-def test_without_widening_the_shortlist_is_strict(make_settings, server):
+def test_without_widening_the_shortlist_is_strict(make_settings, server, monkeypatch):
     server.script(Reply.answer("gr-qc"))
-    settings = make_settings(shortlist_widen=False)
+    monkeypatch.setenv("LLM_ROUTER_SHORTLIST_WIDEN", "false")
+    settings = make_settings()
     result = router_for(settings, "shortlist", [RankedClassifier(RANKING)], k=3).classify(TEXT)
     body = server.requests[0].body
     assert enum_of(body) == ["hep-th", "hep-ph", "gr-qc"]
