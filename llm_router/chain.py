@@ -13,7 +13,6 @@ from llm_router.cache import CachedClassifier, DiskCache
 from llm_router.classifier import Classifier
 from llm_router.errors import ClassifierError, LLMUnavailable, ModelNotAvailable
 from llm_router.labels import LabelSet
-from llm_router.llm import LLMClassifier
 from llm_router.prompts import load_prompt
 from llm_router.ratelimit import RateLimiter
 from llm_router.reasons import Reason
@@ -186,6 +185,8 @@ def llm_classifier(
                 reason=Reason.NO_API_KEY,
             )
         )
+    from llm_router.llm import LLMClassifier  # imports openai: only when there is a key
+
     llm = LLMClassifier(
         settings,
         labels,

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from llm_router.budget import Budget
 from llm_router.errors import AllClassifiersFailed, ClassifierError, ConfigError, RouterError
-from llm_router.records import DataError, read_records
+from llm_router.records import DataError, parse_line, read_records
 from llm_router.router import Router
 from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings
@@ -282,10 +282,17 @@ def _cut_torn_tail(path: Path) -> None:
     logger.warning("%s ended in a torn row (an interrupted write): it was dropped", path)
 
 
+_LEADING_ID = re.compile(r'^\{"id": "([^"\\]*)"')  # this job's rows start so
+
+
 def _jsonl_ids(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as handle:
         for n, line in enumerate(handle, start=1):
             if not line.strip():
+                continue
+            fast = _LEADING_ID.match(line)
+            if fast is not None:  # a plain id, written first by this command: no parse
+                yield fast.group(1)
                 continue
             try:
                 row = json.loads(line)
@@ -387,8 +394,35 @@ def usage_of(result: Classification | Exception) -> Usage | None:
     return result.usage if isinstance(result, ClassifierError) else None
 
 
+class _Written(NamedTuple):
+    """An input row whose id is already in OUTPUT, recognised without parsing the row."""
+
+    id: str
+
+
+def fast_records(path: Path, id_field: str, done: set[str]) -> Iterator[dict[str, Any] | _Written]:
+    """The input's rows; in a ``.jsonl``/``.jsonl.gz`` whose lines start with a plain string
+    id, a row already written is recognised by that id alone (a resume reads, but does not
+    parse, the rows it skips). Everything else goes through :func:`read_records`."""
+    name = path.name.lower()
+    if not done or not name.endswith((".jsonl", ".jsonl.gz")):
+        yield from read_records(path)
+        return
+    leading = re.compile(r'^\{"' + re.escape(id_field) + r'": "([^"\\]*)"')
+    records = read_records(path, raw_lines=True)
+    for item in records:
+        if isinstance(item, str):
+            fast = leading.match(item)
+            if fast is not None and fast.group(1) in done:
+                yield _Written(fast.group(1))
+                continue
+            yield parse_line(path, item)
+        else:
+            yield item
+
+
 def iter_items(
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[dict[str, Any] | _Written],
     *,
     text_field: str,
     title_field: str | None,
@@ -401,7 +435,7 @@ def iter_items(
     seen: set[str] = set()
     for row in rows:
         tally.summary.read += 1
-        item_id = normalise_id(row.get(id_field))
+        item_id = row.id if isinstance(row, _Written) else normalise_id(row.get(id_field))
         if item_id is None:
             tally.fail("missing_id")
             continue
@@ -409,7 +443,7 @@ def iter_items(
             tally.fail("duplicate_id")
             continue
         seen.add(item_id)
-        if item_id in done:
+        if item_id in done or isinstance(row, _Written):
             tally.summary.skipped += 1
             continue
         yield Item(id=item_id, text=text_of(row, text_field, title_field))
@@ -475,8 +509,7 @@ def classify_file(
     if engine != "local":
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
     started = time.perf_counter()
-    records = read_records(input_path)
-    first = next(records, None)  # a missing id field fails before any model is loaded
+    first = next(read_records(input_path), None)  # a missing id field fails at once
     if first is not None and id_field not in first:
         raise DataError(
             f"{input_path}: no id field {id_field!r} in the input (its fields: "
@@ -487,9 +520,9 @@ def classify_file(
     tally.summary.output = str(output_path)
     done = sink.done_ids()
     budget = Budget(max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
-    router = Router.from_settings(settings, budget=budget)
+    router = _LazyRouter(settings, budget)  # built at the first row to classify
     items = iter_items(
-        itertools.chain([first] if first is not None else [], records),
+        fast_records(input_path, id_field, done),
         text_field=text_field,
         title_field=title_field,
         id_field=id_field,
@@ -501,7 +534,7 @@ def classify_file(
         if settings.api_key is not None:
             _run_streaming(router, items, sink, tally, concurrency, bar)
         else:
-            _run_chunked(router, items, sink, tally, chunk_size, concurrency, bar)
+            _run_chunked(router, items, sink, tally, chunk_size, bar)
     except KeyboardInterrupt as interrupt:
         tally.summary.interrupted = True
         _close(sink, router, bar)
@@ -513,7 +546,25 @@ def classify_file(
     return tally.finish()
 
 
-def _close(sink: Sink, router: Router, bar: Any) -> None:
+class _LazyRouter:
+    """The job's Router, built on first use: a resume with nothing left loads no model."""
+
+    def __init__(self, settings: Settings, budget: Budget) -> None:
+        self.settings = settings
+        self.budget = budget
+        self._router: Router | None = None
+
+    def get(self) -> Router:
+        if self._router is None:
+            self._router = Router.from_settings(self.settings, budget=self.budget)
+        return self._router
+
+    def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
+
+
+def _close(sink: Sink, router: _LazyRouter, bar: Any) -> None:
     sink.close()
     router.close()
     if bar is not None:
@@ -544,38 +595,59 @@ def _tick(bar: Any, n: int) -> None:
 
 
 def _run_chunked(
-    router: Router,
+    router: _LazyRouter,
     items: Iterator[Item],
     sink: Sink,
     tally: Tally,
     chunk_size: int,
-    concurrency: int,
     bar: Any,
 ) -> None:
-    """Local models answer: vectorised chunks, each written in one append."""
+    """Local models answer: vectorised chunks, each written in one append, in input order.
+
+    Two chunks are classified at once in worker threads while this thread reads the next
+    rows and writes finished chunks: the models' numpy work releases the GIL, so on a
+    multi-core machine reading, classifying and writing overlap.
+    """
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="corpus-chunk")
+    queued: list[tuple[list[Item], Future[list[Any]]]] = []
+
+    def finish_oldest() -> None:
+        chunk, future = queued.pop(0)
+        results = future.result()
+        for result in results:
+            tally.add(result)
+        sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
+        _tick(bar, len(chunk))
+
+    try:
+        for chunk in _chunks(items, chunk_size):
+            model = router.get()
+            queued.append((chunk, pool.submit(model.classify_batch, [i.text for i in chunk])))
+            while len(queued) > 2 or (queued and queued[0][1].done()):
+                finish_oldest()
+        while queued:
+            finish_oldest()
+    except KeyboardInterrupt:
+        for _chunk, future in queued:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
     chunk: list[Item] = []
     for item in items:
         chunk.append(item)
-        if len(chunk) >= chunk_size:
-            _answer_chunk(router, chunk, sink, tally, concurrency, bar)
+        if len(chunk) >= size:
+            yield chunk
             chunk = []
-    _answer_chunk(router, chunk, sink, tally, concurrency, bar)
-
-
-def _answer_chunk(
-    router: Router, chunk: list[Item], sink: Sink, tally: Tally, concurrency: int, bar: Any
-) -> None:
-    if not chunk:
-        return
-    results = router.classify_batch([i.text for i in chunk], concurrency=concurrency)
-    for result in results:
-        tally.add(result)
-    sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
-    _tick(bar, len(chunk))
+    if chunk:
+        yield chunk
 
 
 def _run_streaming(
-    router: Router,
+    router: _LazyRouter,
     items: Iterator[Item],
     sink: Sink,
     tally: Tally,
@@ -583,7 +655,6 @@ def _run_streaming(
     bar: Any,
 ) -> None:
     """The LLM answers: ``concurrency`` rows in flight, each written as it finishes."""
-    one = _one_row(router)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="corpus")
     inflight: dict[Future[Classification | Exception], Item] = {}
 
@@ -602,7 +673,7 @@ def _run_streaming(
     try:
         for item in items:
             drain(2 * concurrency - 1)
-            inflight[pool.submit(one, item.text)] = item
+            inflight[pool.submit(_one_row, router.get(), item.text)] = item
         drain(0)
     except KeyboardInterrupt:
         # Rows already answered are written; rows in flight are left (a re-run asks again,
@@ -619,9 +690,6 @@ def _run_streaming(
     pool.shutdown(wait=True)
 
 
-def _one_row(router: Router) -> Callable[[object], Classification | Exception]:
-    def one(text: object) -> Classification | Exception:
-        result = router.classify_batch([text], concurrency=1)[0]
-        return result
-
-    return one
+def _one_row(router: Router, text: object) -> Classification | Exception:
+    result: Classification | Exception = router.classify_batch([text], concurrency=1)[0]
+    return result

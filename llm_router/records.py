@@ -13,7 +13,7 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".csv")
 
@@ -22,8 +22,17 @@ class DataError(ValueError):
     """The data source is missing, unreadable, unreachable or lacks required columns."""
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield each row of ``path`` as a dict.
+@overload
+def read_records(path: Path) -> Iterator[dict[str, Any]]: ...
+
+
+@overload
+def read_records(path: Path, *, raw_lines: bool) -> Iterator[dict[str, Any] | str]: ...
+
+
+def read_records(path: Path, *, raw_lines: bool = False) -> Iterator[Any]:
+    """Yield each row of ``path`` as a dict (with ``raw_lines``, a JSON-lines file yields
+    each non-blank line unparsed, for :func:`parse_line`).
 
     Raises:
         DataError: the file is missing, of an unknown format, or unreadable (corrupt gzip
@@ -41,12 +50,9 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
         elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
             opener = gzip.open if name.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8") as handle:
-                for n, line in enumerate(handle, start=1):
+                for line in handle:
                     if line.strip():
-                        row = json.loads(line)
-                        if not isinstance(row, dict):
-                            raise DataError(f"{path}: line {n} is not a JSON object")
-                        yield row
+                        yield line if raw_lines else parse_line(path, line)
         else:
             raise DataError(f"{path}: unsupported format (use {', '.join(SUFFIXES)})")
     except (
@@ -58,6 +64,21 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
         zlib.error,
     ) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def parse_line(path: Path, line: str) -> dict[str, Any]:
+    """One JSON-lines row.
+
+    Raises:
+        DataError: the line is not valid JSON or not an object.
+    """
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(row, dict):
+        raise DataError(f"{path}: a line is not a JSON object: {line[:60]!r}")
+    return row
 
 
 def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:

@@ -159,6 +159,113 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+class Guard:
+    """ASGI middleware: the bearer token, admission (in flight + queue, else 503) and the
+    request metrics. Plain ASGI, as it sits in front of every request."""
+
+    def __init__(
+        self, app: Any, *, token: str | None, metrics: ServiceMetrics, state: dict[str, Any]
+    ) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.metrics = metrics
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        endpoint = _endpoint(path)
+        status = 500
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            guarded = self.token is not None and path.startswith(GUARDED_PREFIXES)
+            if guarded and not self._authorised(scope):
+                response = _error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                    **{"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, tracking_send)
+                return
+            if not path.startswith("/v1/"):
+                await self.app(scope, receive, tracking_send)
+                return
+            admission: Admission | None = self.state.get("admission")
+            if admission is None or not admission.try_enter():
+                response = _error(
+                    503,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                    **{"Retry-After": "1"},
+                )
+                await response(scope, receive, tracking_send)
+                return
+            await admission.run(lambda: self.app(scope, receive, tracking_send))
+        finally:
+            self.metrics.request(endpoint, status, time.perf_counter() - started)
+
+    def _authorised(self, scope: dict[str, Any]) -> bool:
+        assert self.token is not None
+        given = b""
+        for key, value in scope.get("headers") or []:
+            if key == b"authorization":
+                given = value
+        scheme, _, credential = given.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential, self.token)
+
+
+class MicroBatcher:
+    """Requests that arrive while a batch is being classified wait and go together into the
+    next one: the local models answer them in one vectorised call. Used when the chain's LLM
+    link cannot answer at all (no key), so a batch never waits on a slow LLM call."""
+
+    def __init__(self, router: Router, workers: ThreadPoolExecutor, max_batch: int = 64):
+        self.router = router
+        self.workers = workers
+        self.max_batch = max_batch
+        self._pending: list[tuple[object, asyncio.Future[Any]]] = []
+        self._draining = False
+
+    async def classify(self, text: object) -> Classification | Exception:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((text, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        result: Classification | Exception = await future
+        return result
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                texts = [text for text, _ in batch]
+                results: list[Any]
+                try:
+                    results = await loop.run_in_executor(
+                        self.workers, self.router.classify_batch, texts
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._draining = False
+
+
 def readiness(router: Router) -> tuple[bool, list[str]]:
     """Whether at least one classifier of the chain can answer, and why each cannot."""
     reasons = []
@@ -202,6 +309,9 @@ def create_app(
         state["router"] = built
         state["ready"], state["reasons"] = await loop.run_in_executor(workers, readiness, built)
         state["admission"] = Admission(settings.server_max_inflight, settings.server_max_queue)
+        head = built.classifiers[0] if built.classifiers else None
+        if isinstance(getattr(head, "unavailable", None), ClassifierError):
+            state["batcher"] = MicroBatcher(built, workers)
         logger.info("llm-router ready=%s (%s)", state["ready"], "; ".join(state["reasons"]))
         try:
             yield
@@ -219,40 +329,6 @@ def create_app(
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "invalid_input", _one_line(exc))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        path = request.url.path
-        endpoint = _endpoint(path)
-        if token is not None and path.startswith(GUARDED_PREFIXES):
-            given = request.headers.get("authorization", "")
-            scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                credential.encode(), token.encode()
-            ):
-                metrics.request(endpoint, 401, time.perf_counter() - started)
-                return _error(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                    **{"WWW-Authenticate": "Bearer"},
-                )
-        if path.startswith("/v1/"):
-            admission: Admission | None = state.get("admission")
-            if admission is None or not admission.try_enter():
-                metrics.request(endpoint, 503, time.perf_counter() - started)
-                return _error(
-                    503,
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                    **{"Retry-After": "1"},
-                )
-            response = await admission.run(lambda: call_next(request))
-        else:
-            response = await call_next(request)
-        metrics.request(endpoint, response.status_code, time.perf_counter() - started)
-        return response
-
     async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(workers, function, *args)
 
@@ -260,16 +336,18 @@ def create_app(
     async def classify(body: ClassifyRequest) -> Response:
         """Classify one abstract."""
         router_: Router = state["router"]
-        try:
-            result: Classification = await in_thread(router_.classify, body.text)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, RouterError):
-                raise
-            return _error(422, "invalid_input", str(exc))
-        except RouterError as exc:
-            return _error(503, "unavailable", str(exc))
-        metrics.classified(result)
-        return JSONResponse(result.model_dump(mode="json"))
+        batcher: MicroBatcher | None = state.get("batcher")
+        outcome: Classification | Exception
+        if batcher is not None:
+            outcome = await batcher.classify(body.text)
+        else:
+            outcome = await in_thread(_classify_one, router_, body.text)
+        if isinstance(outcome, Exception):
+            row = _row_error(outcome)
+            status = 422 if row["error"]["type"] == "invalid_input" else 503
+            return JSONResponse(row, status_code=status)
+        metrics.classified(outcome)
+        return JSONResponse(outcome.model_dump(mode="json"))
 
     @app.post("/v1/classify/batch")
     async def classify_batch(body: BatchRequest) -> Response:
@@ -282,7 +360,10 @@ def create_app(
                 "(LLM_ROUTER_SERVER_MAX_BATCH)",
             )
         router_: Router = state["router"]
-        results = await in_thread(_classify_rows, router_, body.texts)
+        if "batcher" in state:  # local models only: one vectorised call
+            results = await in_thread(router_.classify_batch, body.texts)
+        else:
+            results = await in_thread(_classify_rows_threaded, router_, body.texts)
         rows = []
         for result in results:
             if isinstance(result, Classification):
@@ -307,6 +388,7 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(Guard, token=token, metrics=metrics, state=state)
     app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
     if ui:
         from llm_router.page import mount_page
@@ -315,11 +397,19 @@ def create_app(
     return app
 
 
-def _classify_rows(router: Router, texts: list[Any]) -> list[Classification | Exception]:
+def _classify_rows_threaded(router: Router, texts: list[Any]) -> list[Classification | Exception]:
+    """A batch with the LLM in play: rows in flight 8 at a time, errors in place."""
     results: list[Classification | Exception] = list(
         router.classify_many(texts, concurrency=8, return_exceptions=True)
     )
     return results
+
+
+def _classify_one(router: Router, text: object) -> Classification | Exception:
+    try:
+        return router.classify(text)  # type: ignore[arg-type]
+    except (RouterError, TypeError, ValueError) as exc:
+        return exc
 
 
 def _endpoint(path: str) -> str:
