@@ -7,6 +7,7 @@ For the trained TF-IDF model under ``--models`` (default ``models/``) on its own
   threshold on a 0.05 grid whose kept rows are right at least ``--target`` (0.90) of the time;
 - the shortlist recall (true label among the local top K) for K = 3, 5, 8, 12, on every row
   and on the rows the cascade sends to the LLM;
+- the top-1 accuracy at the level of arXiv's groups (Computer Science, Physics, ...);
 - prompt tokens per request of each strategy's question, counted with a real tokenizer
   (the GGUF model's, through llama-cpp-python, when ``--gguf`` is given) or as characters / 4.
 
@@ -133,10 +134,18 @@ def main() -> None:
     picked = slice(None, step * args.token_rows, step)
     tokens = prompt_tokens(texts[picked], ranked[picked], labels, count, args.k)
     tokens["shortlist_over_llm"] = tokens["shortlist"] / tokens["llm"]
+    from llm_router.labels import group_of
+
+    group = [group_of(label) or "other" for label in labels.labels]
+    group_correct = np.array(
+        [group[a] == group[b] for a, b in zip(ranked[:, 0], truth, strict=True)]
+    )
     results = {
         "model": str(args.models / "tfidf"),
         "test_rows": len(texts),
         "top1": float(correct.mean()),
+        "group_top1": float(group_correct.mean()),
+        "groups": sorted(set(group)),
         "target_local_accuracy": args.target,
         "default_threshold": default,
         "selective_curve": curve,

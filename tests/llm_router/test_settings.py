@@ -113,6 +113,10 @@ def test_public_api_is_exactly_all():
         "strategy",
         "corpus",
         "records",
+        "ray_engine",
+        "service",
+        "page",
+        "metrics",
     }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):
