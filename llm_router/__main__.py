@@ -53,6 +53,12 @@ def _parser() -> _Parser:
     c.add_argument("--max-cost-usd", type=float, help="USD allowed in all")
     c.add_argument("--engine", choices=("local", "ray"), default="local")
     c.add_argument(
+        "--workers",
+        type=int,
+        help="processes for the local models when no LLM key is set (default: one per CPU, "
+        "at most 4; only for jobs of more than 4 chunks)",
+    )
+    c.add_argument(
         "--ray-address", help="a running Ray cluster (default: a local Ray, started on demand)"
     )
     c.add_argument(
@@ -80,9 +86,10 @@ def _parser() -> _Parser:
 def _classify(args: argparse.Namespace) -> int:
     from llm_router.corpus import classify_file
 
-    for name in ("max_requests", "max_tokens", "chunk_size", "ray_workers"):
+    for name in ("max_requests", "max_tokens", "chunk_size", "ray_workers", "workers"):
         value = getattr(args, name)
-        if value is not None and value < (1 if name in ("chunk_size", "ray_workers") else 0):
+        floor = 0 if name in ("max_requests", "max_tokens") else 1
+        if value is not None and value < floor:
             print(f"error: --{name.replace('_', '-')} is out of range: {value}", file=sys.stderr)
             return 2
     if args.max_cost_usd is not None and args.max_cost_usd < 0:
@@ -105,6 +112,7 @@ def _classify(args: argparse.Namespace) -> int:
             ray_workers=args.ray_workers,
             chunk_size=args.chunk_size,
             progress=args.progress,
+            workers=args.workers,
         )
     except KeyboardInterrupt as interrupt:
         partial = getattr(interrupt, "summary", None)

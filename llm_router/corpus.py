@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -29,7 +30,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -377,6 +384,20 @@ class Tally:
             else:
                 self.failures[error_text(result).split(":", 1)[0]] += 1
 
+    def add_row(self, row: dict[str, Any], requests: int = 0) -> None:
+        """Count an output row (from a worker process or a Ray actor)."""
+        with self._lock:
+            s = self.summary
+            s.requests += requests
+            s.prompt_tokens += row["prompt_tokens"] or 0
+            s.completion_tokens += row["completion_tokens"] or 0
+            s.cost_usd += row["cost_usd"] or 0.0
+            if row["error"]:
+                self.failures[row["error"].split(":", 1)[0]] += 1
+            else:
+                s.classified += 1
+                self.sources[row["source"]] += 1
+
     def finish(self) -> CorpusSummary:
         s = self.summary
         s.by_source = dict(self.sources)
@@ -467,8 +488,12 @@ def classify_file(
     ray_workers: int | None = None,
     chunk_size: int = 1024,
     progress: bool | None = None,
+    workers: int | None = None,
 ) -> CorpusSummary:
     """Classify every row of ``input`` not yet in ``output``; returns what this run did.
+
+    ``workers``: processes for the local models when no LLM is configured (default: one per
+    CPU, at most 4; started only for jobs of more than a few thousand rows).
 
     ``progress=None`` shows a progress bar when stderr is a terminal. Ctrl-C stops the job,
     keeps every row already answered and re-raises :class:`KeyboardInterrupt` with the
@@ -480,6 +505,53 @@ def classify_file(
     """
     input_path, output_path = Path(input), Path(output)
     check_paths(input_path, output_path)
+    job = _job_key(input_path, text_field, title_field, id_field)
+    finished = _finished_summary(output_path, job)
+    if finished is not None:  # nothing changed since this job last finished
+        return finished
+    summary = _classify_file(
+        input_path,
+        output_path,
+        settings=settings,
+        text_field=text_field,
+        title_field=title_field,
+        id_field=id_field,
+        concurrency=concurrency,
+        rpm=rpm,
+        max_requests=max_requests,
+        max_cost_usd=max_cost_usd,
+        max_tokens=max_tokens,
+        engine=engine,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        chunk_size=chunk_size,
+        progress=progress,
+        workers=workers if workers is not None else min(4, os.cpu_count() or 1),
+    )
+    _write_finished(output_path, job, summary)
+    return summary
+
+
+def _classify_file(
+    input_path: Path,
+    output_path: Path,
+    *,
+    settings: Settings | None,
+    text_field: str,
+    title_field: str | None,
+    id_field: str,
+    concurrency: int,
+    rpm: float | None,
+    max_requests: int | None,
+    max_cost_usd: float | None,
+    max_tokens: int | None,
+    engine: Engine,
+    ray_address: str | None,
+    ray_workers: int | None,
+    chunk_size: int,
+    progress: bool | None,
+    workers: int,
+) -> CorpusSummary:
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     settings = settings or Settings()
@@ -534,7 +606,7 @@ def classify_file(
         if settings.api_key is not None:
             _run_streaming(router, items, sink, tally, concurrency, bar)
         else:
-            _run_chunked(router, items, sink, tally, chunk_size, bar)
+            _run_chunked(router, items, sink, tally, chunk_size, bar, workers)
     except KeyboardInterrupt as interrupt:
         tally.summary.interrupted = True
         _close(sink, router, bar)
@@ -544,6 +616,70 @@ def classify_file(
     _close(sink, router, bar)
     tally.summary.wall_s = time.perf_counter() - started
     return tally.finish()
+
+
+# -- a finished job ---------------------------------------------------------------------------
+# After a job has gone through its whole input, ``OUTPUT.done`` records the input and output
+# as they were (size, mtime, inode) and the counts. Run again on the same files, unchanged,
+# the job answers from it without reading the input; any change means a full resume.
+def _done_path(output_path: Path) -> Path:
+    return output_path.with_name(output_path.name + ".done")
+
+
+def _stat(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _job_key(path: Path, text_field: str, title_field: str | None, id_field: str) -> dict[str, Any]:
+    return {
+        "input": str(path.resolve()),
+        "input_stat": _stat(path),
+        "fields": [text_field, title_field, id_field],
+    }
+
+
+def _finished_summary(output_path: Path, job: dict[str, Any]) -> CorpusSummary | None:
+    started = time.perf_counter()
+    marker = _done_path(output_path)
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        if saved["job"] != job or saved["output_stat"] != _stat(output_path):
+            return None
+        read, unwritten = (
+            int(saved["read"]),
+            {str(k): int(v) for k, v in saved["unwritten"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    failed = sum(unwritten.values())
+    return CorpusSummary(
+        read=read,
+        skipped=read - failed,
+        failed=failed,
+        failed_by_reason=unwritten,
+        output=str(output_path),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _write_finished(output_path: Path, job: dict[str, Any], summary: CorpusSummary) -> None:
+    if summary.interrupted or not output_path.is_file():
+        return
+    # Rows that a re-run would count as failed again: repeated and missing ids (not written).
+    unwritten = {
+        k: v for k, v in summary.failed_by_reason.items() if k in ("duplicate_id", "missing_id")
+    }
+    record = {
+        "job": job,
+        "output_stat": _stat(output_path),
+        "read": summary.read,
+        "unwritten": unwritten,
+    }
+    try:
+        _done_path(output_path).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as exc:
+        logger.warning("could not record the finished job beside %s: %s", output_path, exc)
 
 
 class _LazyRouter:
@@ -601,38 +737,87 @@ def _run_chunked(
     tally: Tally,
     chunk_size: int,
     bar: Any,
+    workers: int,
 ) -> None:
     """Local models answer: vectorised chunks, each written in one append, in input order.
 
-    Two chunks are classified at once in worker threads while this thread reads the next
-    rows and writes finished chunks: the models' numpy work releases the GIL, so on a
-    multi-core machine reading, classifying and writing overlap.
+    The first chunks are answered in this process. A job with more left than that starts
+    ``workers`` processes (each loads the local models once; BLAS held to one thread, as its
+    extra threads only spin on these matrix sizes): this process reads and writes while they
+    classify, so the job uses every core instead of one. A small job never pays their
+    start-up.
     """
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="corpus-chunk")
+    chunks = _chunks(items, chunk_size)
+    for _ in range(IN_PROCESS_CHUNKS if workers > 1 else -1):
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        _write_chunk(chunk, router.get().classify_batch([i.text for i in chunk]), sink, tally, bar)
+    if workers <= 1:
+        for chunk in chunks:
+            results = router.get().classify_batch([i.text for i in chunk])
+            _write_chunk(chunk, results, sink, tally, bar)
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(router.settings,),
+    )
     queued: list[tuple[list[Item], Future[list[Any]]]] = []
-
-    def finish_oldest() -> None:
-        chunk, future = queued.pop(0)
-        results = future.result()
-        for result in results:
-            tally.add(result)
-        sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
-        _tick(bar, len(chunk))
-
     try:
-        for chunk in _chunks(items, chunk_size):
-            model = router.get()
-            queued.append((chunk, pool.submit(model.classify_batch, [i.text for i in chunk])))
-            while len(queued) > 2 or (queued and queued[0][1].done()):
-                finish_oldest()
+        for chunk in chunks:
+            queued.append((chunk, pool.submit(_classify_in_worker, chunk)))
+            while len(queued) > 2 * workers or (queued and queued[0][1].done()):
+                _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
         while queued:
-            finish_oldest()
+            _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
     except KeyboardInterrupt:
-        for _chunk, future in queued:
-            future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+IN_PROCESS_CHUNKS = 4  # answered before worker processes are worth starting
+_worker_router: Router | None = None
+
+
+def _start_worker(settings: Settings) -> None:
+    """A worker process: one Router (local models only, no LLM key) and one BLAS thread."""
+    global _worker_router
+    # The job's own process has said why the LLM is skipped; its workers need not repeat it.
+    logging.getLogger("llm_router").setLevel(logging.ERROR)
+    _worker_router = Router.from_settings(settings)
+    import numpy  # noqa: F401 - loads the BLAS the limit applies to
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # scikit-learn brings it; without it BLAS is left as it is
+        pass
+
+
+def _classify_in_worker(chunk: list[Item]) -> list[dict[str, Any]]:
+    """The output rows of a chunk (plain dicts travel back faster than pydantic models)."""
+    assert _worker_router is not None
+    results = _worker_router.classify_batch([i.text for i in chunk])
+    return [output_row(i.id, r) for i, r in zip(chunk, results, strict=True)]
+
+
+def _write_rows(rows: list[dict[str, Any]], sink: Sink, tally: Tally, bar: Any) -> None:
+    for row in rows:
+        tally.add_row(row)
+    sink.write(rows)
+    _tick(bar, len(rows))
+
+
+def _write_chunk(chunk: list[Item], results: list[Any], sink: Sink, tally: Tally, bar: Any) -> None:
+    for result in results:
+        tally.add(result)
+    sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
+    _tick(bar, len(chunk))
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:

@@ -283,19 +283,8 @@ def _merge(parts: list[Path], sink: Any, tally: Any) -> None:
                 tally.summary.skipped += 1
             else:
                 seen.add(row["id"])
-                rows.append({c: row.get(c) for c in COLUMNS})
-                _count(tally, row)
+                requests = row.pop("_requests", 0) or 0
+                kept = {c: row.get(c) for c in COLUMNS}
+                rows.append(kept)
+                tally.add_row(kept, requests)
         sink.write(rows)
-
-
-def _count(tally: Any, row: dict[str, Any]) -> None:
-    s = tally.summary
-    s.requests += row.pop("_requests", 0) or 0
-    s.prompt_tokens += row["prompt_tokens"] or 0
-    s.completion_tokens += row["completion_tokens"] or 0
-    s.cost_usd += row["cost_usd"] or 0.0
-    if row["error"]:
-        tally.failures[row["error"].split(":", 1)[0]] += 1
-    else:
-        s.classified += 1
-        tally.sources[row["source"]] += 1

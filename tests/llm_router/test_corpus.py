@@ -349,3 +349,39 @@ def test_the_ray_engine_without_ray_exits_2_with_the_install_hint(local_env, tmp
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and 'pip install -e ".[ray]"' in done.stderr
+
+
+def test_a_finished_job_answers_from_its_record_until_a_file_changes(local_env, tmp_path, corpus):
+    path, rows = corpus
+    source = write_as(
+        [*rows[:50], {"id": None, "abstract": "no id"}, rows[0]], tmp_path / "a.jsonl"
+    )
+    out = tmp_path / "out.jsonl"
+    first = classify_file(source, out)
+    assert (first.read, first.classified, first.failed) == (52, 50, 2)
+    assert out.with_name("out.jsonl.done").is_file()
+    again = classify_file(source, out)  # unchanged: the same counts as a full scan, at once
+    assert (again.read, again.skipped, again.classified) == (52, 50, 0)
+    assert again.failed_by_reason == {"missing_id": 1, "duplicate_id": 1}
+    with source.open("a") as handle:  # new rows arrive: a real resume
+        handle.writelines(json.dumps(r) + "\n" for r in rows[50:60])
+    grown = classify_file(source, out)
+    assert (grown.read, grown.skipped, grown.classified) == (62, 50, 10)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-5]))  # rows removed from the output are asked again
+    shrunk = classify_file(source, out)
+    assert (shrunk.skipped, shrunk.classified) == (55, 5)
+    assert len(read_output(out)) == 60
+
+
+def test_a_large_job_classifies_in_worker_processes_with_the_same_labels(
+    local_env, tmp_path, corpus
+):
+    path, rows = corpus
+    classify_file(path, tmp_path / "one.jsonl", workers=1)
+    summary = classify_file(path, tmp_path / "two.csv", workers=2, chunk_size=25)  # 12 chunks
+    assert (summary.read, summary.classified, summary.by_source) == (300, 300, {"tfidf": 300})
+    one = read_output(tmp_path / "one.jsonl")
+    two = read_output(tmp_path / "two.csv")
+    assert [r["id"] for r in two] == [r["id"] for r in rows]  # input order kept
+    assert [r["label"] for r in two] == [r["label"] for r in one]
