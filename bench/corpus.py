@@ -5,7 +5,8 @@
   same texts in this process (``classify_batch`` in chunks of 1024, no I/O);
 - ``--engine ray`` on a local Ray started on demand: rows/s and its ratio to the local engine;
 - peak resident memory of each (the whole process tree: Ray's daemons and workers included);
-- a resume of the finished job (every id already written) as a share of the first run;
+- a resume of the finished job (every id already written) as a share of the first run, with
+  its ``OUTPUT.done`` record and, again, without it (every input row read, none parsed twice);
 - whether both engines gave the same label to every row.
 
 Run: python bench/corpus.py --out bench/results/corpus.json
@@ -76,6 +77,8 @@ def main() -> None:
     baseline = in_process_rows_per_s(args.data, args.models)
     local = run_job(args.data, work / "local.jsonl")
     resume = run_job(args.data, work / "local.jsonl")
+    (work / "local.jsonl.done").unlink()  # the same, without the finished-job record
+    rescan = run_job(args.data, work / "local.jsonl")
     results: dict[str, object] = {
         "rows": rows,
         "in_process_batched_rows_per_s": round(baseline),
@@ -83,6 +86,8 @@ def main() -> None:
         "local_over_in_process": round(rows / float(local["wall_s"]) / baseline, 3),
         "resume": resume,
         "resume_share_of_first_run": round(float(resume["wall_s"]) / float(local["wall_s"]), 3),
+        "resume_full_scan": rescan,
+        "resume_full_scan_share": round(float(rescan["wall_s"]) / float(local["wall_s"]), 3),
     }
     if not args.skip_ray:
         ray = run_job(args.data, work / "ray.jsonl", "--engine", "ray")

@@ -310,3 +310,31 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_with_a_token_the_page_asks_for_it(serve):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    live = serve(api_key=None, ui=True, server_token="page-token-123")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{live.url}/ui/", wait_until="domcontentloaded")
+            page.locator("#abstract textarea").fill(TEXT)
+            page.locator("#classify").click()
+            page.get_by_text("Enter the server's token").wait_for(timeout=30_000)
+            page.locator("input[type=password]").fill("page-token-123")
+            page.locator("#classify").click()
+            page.locator("#answer h2").wait_for(timeout=30_000)
+            label = page.locator("#answer h2").inner_text()
+        finally:
+            browser.close()
+    reply = httpx.post(
+        f"{live.url}/v1/classify",
+        json={"text": TEXT},
+        headers={"Authorization": "Bearer page-token-123"},
+    )
+    assert label == reply.json()["label"]
