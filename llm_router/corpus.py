@@ -509,49 +509,6 @@ def classify_file(
     finished = _finished_summary(output_path, job)
     if finished is not None:  # nothing changed since this job last finished
         return finished
-    summary = _classify_file(
-        input_path,
-        output_path,
-        settings=settings,
-        text_field=text_field,
-        title_field=title_field,
-        id_field=id_field,
-        concurrency=concurrency,
-        rpm=rpm,
-        max_requests=max_requests,
-        max_cost_usd=max_cost_usd,
-        max_tokens=max_tokens,
-        engine=engine,
-        ray_address=ray_address,
-        ray_workers=ray_workers,
-        chunk_size=chunk_size,
-        progress=progress,
-        workers=workers if workers is not None else min(4, os.cpu_count() or 1),
-    )
-    _write_finished(output_path, job, summary)
-    return summary
-
-
-def _classify_file(
-    input_path: Path,
-    output_path: Path,
-    *,
-    settings: Settings | None,
-    text_field: str,
-    title_field: str | None,
-    id_field: str,
-    concurrency: int,
-    rpm: float | None,
-    max_requests: int | None,
-    max_cost_usd: float | None,
-    max_tokens: int | None,
-    engine: Engine,
-    ray_address: str | None,
-    ray_workers: int | None,
-    chunk_size: int,
-    progress: bool | None,
-    workers: int,
-) -> CorpusSummary:
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     settings = settings or Settings()
@@ -562,7 +519,7 @@ def _classify_file(
     if engine == "ray":
         from llm_router.ray_engine import classify_file_ray
 
-        ray_summary: CorpusSummary = classify_file_ray(
+        summary: CorpusSummary = classify_file_ray(
             input_path,
             output_path,
             settings=settings,
@@ -577,9 +534,38 @@ def _classify_file(
             workers=ray_workers,
             chunk_size=chunk_size,
         )
-        return ray_summary
-    if engine != "local":
+    elif engine == "local":
+        summary = _run_local(
+            input_path,
+            output_path,
+            settings,
+            (text_field, title_field, id_field),
+            Budget(max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd),
+            concurrency=concurrency,
+            chunk_size=chunk_size,
+            progress=progress,
+            workers=workers if workers is not None else min(4, os.cpu_count() or 1),
+        )
+    else:
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    _write_finished(output_path, job, summary)
+    return summary
+
+
+def _run_local(
+    input_path: Path,
+    output_path: Path,
+    settings: Settings,
+    fields: tuple[str, str | None, str],
+    budget: Budget,
+    *,
+    concurrency: int,
+    chunk_size: int,
+    progress: bool | None,
+    workers: int,
+) -> CorpusSummary:
+    """The local engine: this machine's threads and processes, one Router for them all."""
+    text_field, title_field, id_field = fields
     started = time.perf_counter()
     first = next(read_records(input_path), None)  # a missing id field fails at once
     if first is not None and id_field not in first:
@@ -591,7 +577,6 @@ def _classify_file(
     tally = Tally()
     tally.summary.output = str(output_path)
     done = sink.done_ids()
-    budget = Budget(max_requests=max_requests, max_tokens=max_tokens, max_cost_usd=max_cost_usd)
     router = _LazyRouter(settings, budget)  # built at the first row to classify
     items = iter_items(
         fast_records(input_path, id_field, done),

@@ -201,6 +201,13 @@ def _job(source: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _rerun(source: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "llm_router", "classify", str(source), "-o", str(out)]
+    return subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
 def _wait_for_rows(out: Path, n: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -236,14 +243,7 @@ def test_resume_after_kill_9_has_no_duplicate_and_no_missing_id(
         before = {r["id"] for r in read_output(out)}
         assert 0 < len(before) < 300
         server.requests.clear()
-        done = subprocess.run(
-            [sys.executable, "-m", "llm_router", "classify", str(path), "-o", str(out)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = _rerun(path, out, env)
         assert done.returncode == 0, done.stderr
         asked = [r.body["messages"][1]["content"] for r in server.requests]
     ids = [r["id"] for r in read_output(out)]
@@ -307,14 +307,7 @@ def test_parquet_output_is_whole_after_a_kill_and_merged_on_resume(
         job.send_signal(signal.SIGKILL)
         job.wait(timeout=10)
         assert not out.exists()  # never a half-written parquet file
-        done = subprocess.run(
-            [sys.executable, "-m", "llm_router", "classify", str(path), "-o", str(out)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = _rerun(path, out, env)
         assert done.returncode == 0, done.stderr
         asked = server.count
     ids = [r["id"] for r in read_output(out)]
