@@ -121,7 +121,8 @@ class _Classify:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from llm_router.corpus import normalise_id, output_row, text_of
+        from llm_router.corpus import normalise_id, text_of
+        from llm_router.sink import output_row
 
         rows = batch.to_pylist()
         if self.kind == "jsonl":
@@ -151,7 +152,7 @@ class _Classify:
 def _schema() -> Any:
     import pyarrow as pa
 
-    from llm_router.corpus import COLUMNS
+    from llm_router.sink import COLUMNS
 
     numeric = {"score": pa.float64(), "cost_usd": pa.float64()}
     numeric.update({"prompt_tokens": pa.int64(), "completion_tokens": pa.int64()})
@@ -193,7 +194,8 @@ def classify_file_ray(
     chunk_size: int,
 ) -> Any:
     """The corpus job on Ray Data; same OUTPUT, columns and summary as the local engine."""
-    from llm_router.corpus import Sink, Tally
+    from llm_router.corpus import Tally
+    from llm_router.sink import Sink
 
     ray = _ray()
     started = time.perf_counter()
@@ -263,7 +265,7 @@ def classify_file_ray(
 
 def _merge(parts: list[Path], sink: Any, tally: Any) -> None:
     """Append the workers' rows to OUTPUT, dropping ids written before (duplicates)."""
-    from llm_router.corpus import COLUMNS
+    from llm_router.sink import COLUMNS
 
     seen: set[str] = set()
     for part in parts:

@@ -117,6 +117,7 @@ def test_public_api_is_exactly_all():
         "service",
         "page",
         "metrics",
+        "sink",
     }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):

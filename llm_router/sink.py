@@ -1,0 +1,245 @@
+"""The corpus job's OUTPUT file: its columns, whole-row appends, and what is already in it.
+
+``.jsonl`` and ``.csv`` outputs are appended to in whole rows (one write per batch of rows);
+a row torn by a crash mid-write is cut off before the next run reads the ids. ``.parquet``
+cannot be appended to: rows go to a journal beside it (``OUTPUT.parts/*.jsonl``), merged into a
+new OUTPUT (written aside, then renamed) when the job ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
+from llm_router.records import DataError
+from llm_router.schemas import Classification
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "id",
+    "label",
+    "name",
+    "group",
+    "source",
+    "score",
+    "fallback_reason",
+    "model",
+    "prompt_version",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "error",
+)
+OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def output_row(item_id: str, result: Classification | Exception) -> dict[str, Any]:
+    """One output row: the answer's columns, or the error that kept it from one."""
+    if isinstance(result, Exception):
+        return {**dict.fromkeys(COLUMNS), "id": item_id, "error": error_text(result)}
+    usage = result.usage
+    return {
+        "id": item_id,
+        "label": result.label,
+        "name": result.name,
+        "group": result.group,
+        "source": result.source,
+        "score": result.candidates[0].score if result.candidates else None,
+        "fallback_reason": result.fallback_reason,
+        "model": result.model,
+        "prompt_version": result.prompt_version,
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "cost_usd": usage.cost_usd if usage and usage.cost_usd is not None else 0.0,
+        "error": None,
+    }
+
+
+def error_text(exc: Exception) -> str:
+    """``invalid_input: ...`` or ``<reason>: ...`` on one line."""
+    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
+        kind = "invalid_input"
+    elif isinstance(exc, AllClassifiersFailed):
+        kind = exc.errors[0].reason if exc.errors else "failed"
+    elif isinstance(exc, ClassifierError):
+        kind = exc.reason
+    else:
+        kind = type(exc).__name__
+    return f"{kind}: {' '.join(str(exc).split())}"[:500]
+
+
+class Sink:
+    """The output file: ids already in it, and whole-row appends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kind = path.suffix.lower()
+        self.journal_dir = path.with_name(path.name + ".parts")
+        self._lock = threading.Lock()
+        self._handle: io.BufferedWriter | None = None
+
+    # The file rows are appended to: OUTPUT itself, or (parquet) this run's journal.
+    def _append_target(self) -> Path:
+        if self.kind == ".parquet":
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            return self.journal_dir / f"part-{time.time_ns()}.jsonl"
+        return self.path
+
+    def done_ids(self) -> set[str]:
+        """Every id already written (a torn last line is cut off first)."""
+        ids: set[str] = set()
+        if self.kind == ".parquet":
+            if self.path.is_file():
+                ids.update(_parquet_ids(self.path))
+            for part in sorted(self.journal_dir.glob("part-*.jsonl")):
+                _cut_torn_tail(part)
+                ids.update(_jsonl_ids(part))
+        elif self.path.is_file():
+            _cut_torn_tail(self.path)
+            if self.kind == ".jsonl":
+                ids.update(_jsonl_ids(self.path))
+            else:
+                ids.update(_csv_ids(self.path))
+        return ids
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` in one write: a crash leaves whole rows, or a torn last one that
+        the next run cuts off."""
+        if not rows:
+            return
+        with self._lock:
+            if self._handle is None:
+                target = self._append_target()
+                fresh = not target.is_file() or target.stat().st_size == 0
+                self._handle = open(target, "ab")  # noqa: SIM115 - kept open for the run
+                if fresh and self.kind == ".csv":
+                    self._handle.write(_csv_lines([dict(zip(COLUMNS, COLUMNS, strict=True))]))
+            data = _csv_lines(rows) if self.kind == ".csv" else _jsonl_lines(rows)
+            self._handle.write(data)
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file; for parquet, merge OUTPUT and the journal into a new OUTPUT."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+        if self.kind == ".parquet":
+            merge_parquet(self.path, sorted(self.journal_dir.glob("part-*.jsonl")))
+            if self.journal_dir.is_dir():
+                for part in self.journal_dir.glob("part-*.jsonl"):
+                    part.unlink()
+                self.journal_dir.rmdir()
+
+
+def _jsonl_lines(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def _csv_lines(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline: a row torn by a crash mid-write."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        step = min(size, 1 << 16)
+        position = size
+        while position > 0:
+            start = max(0, position - step)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                handle.truncate(start + cut + 1)
+                break
+            position = start
+        else:
+            handle.truncate(0)
+    logger.warning("%s ended in a torn row (an interrupted write): it was dropped", path)
+
+
+_LEADING_ID = re.compile(r'^\{"id": "([^"\\]*)"')  # this job's rows start so
+
+
+def _jsonl_ids(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fast = _LEADING_ID.match(line)
+            if fast is not None:  # a plain id, written first by this command: no parse
+                yield fast.group(1)
+                continue
+            try:
+                row = json.loads(line)
+                yield str(row["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}: line {n} is not an output row ({exc})") from None
+
+
+def _csv_ids(path: Path) -> Iterator[str]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise DataError(
+                f"{path} exists with other columns ({', '.join(reader.fieldnames[:4])}, ...): "
+                "not an output of this command; choose another OUTPUT"
+            )
+        for row in reader:
+            yield row["id"]
+
+
+def _parquet_ids(path: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    except (pa.ArrowException, KeyError, OSError) as exc:
+        raise DataError(f"cannot read the existing output {path}: {exc}") from None
+
+
+def merge_parquet(path: Path, parts: list[Path]) -> None:
+    """Write OUTPUT anew from its current rows and the journal parts (atomic rename)."""
+    if not parts:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            (c, pa.float64() if c in ("score", "cost_usd") else pa.int64())
+            if c in ("score", "cost_usd", "prompt_tokens", "completion_tokens")
+            else (c, pa.string())
+            for c in COLUMNS
+        ]
+    )
+    tables = [pq.read_table(path).cast(schema)] if path.is_file() else []
+    for part in parts:
+        rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line]
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=schema))
+    temporary = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.concat_tables(tables), temporary)
+    os.replace(temporary, path)
