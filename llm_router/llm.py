@@ -50,18 +50,25 @@ class _Question:
     message and the structured-output constraint."""
 
     prompt: Prompt
-    labels: LabelSet
+    labels: LabelSet  # the labels offered
     system: str
     response_format: dict[str, Any] | None
     allow_none: bool = False
+    deployed: LabelSet | None = None  # answers are normalised in this space (default: labels)
 
     def parse(self, content: str | None) -> str | None:
+        """The offered label the answer names, ``none`` where allowed, else ``None``.
+
+        An answer is normalised in the whole deployed label space first (so ``math.AG`` stays
+        ``math.AG`` and is not read as a shortlisted ``math``), then must be one offered.
+        """
         if content is None:
             return None
         bare = _bare_answer(content)
         if self.allow_none and bare.strip().strip(" .\"'`").lower() in _NONE_ANSWERS:
             return NONE_OF_THESE
-        return self.labels.parse_answer(bare)
+        label = (self.deployed or self.labels).parse_answer(bare)
+        return label if label is not None and label in self.labels else None
 
     def reask(self, content: str | None) -> str:
         hint = self.labels.archive_hint(_bare_answer(content))
@@ -214,6 +221,7 @@ class LLMClassifier:
             self.shortlist_prompt.system(offered),
             self._response_format([*offered.labels, NONE_OF_THESE] if widen else offered.labels),
             allow_none=widen,
+            deployed=self.labels,
         )
 
     def classify(self, text: str, *, shortlist: Sequence[str] | None = None) -> Classification:

@@ -271,7 +271,10 @@ def readiness(router: Router) -> tuple[bool, list[str]]:
     reasons = []
     ready = False
     for classifier in router.classifiers:
-        standing = getattr(classifier, "unavailable", None)
+        # A strategy's LLM link (a cascade answers some texts locally, but only the local
+        # models listed after it can be counted on).
+        link = getattr(classifier, "llm", classifier)
+        standing = getattr(link, "unavailable", None)
         if isinstance(standing, ClassifierError):
             reasons.append(f"{classifier.name}: {standing.reason}")
             continue

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_router import Router
+from llm_router import LLMResponseInvalid, Router
 from llm_router.chain import build_chain
 from llm_router.labels import LabelSet
 from llm_router.router import llm_classifier
@@ -220,3 +220,20 @@ def test_without_widening_the_shortlist_is_strict(make_settings, server, monkeyp
     assert enum_of(body) == ["hep-th", "hep-ph", "gr-qc"]
     assert '"none"' not in body["messages"][0]["content"]
     assert (result.label, result.prompt_version) == ("gr-qc", "shortlist-strict/v1")
+
+
+def test_an_answer_is_normalised_in_the_whole_label_space_before_the_shortlist_check(
+    make_settings, server
+):
+    # math.AG is a deployed label: it must not be read as the shortlisted archive "math"
+    labels = LabelSet(("math", "math.AG", "math.CO", "hep-th"), {"math.GM": "math"})
+    server.script(Reply.answer("math.AG", raw=True), Reply.answer("math.AG", raw=True))
+    settings = make_settings(structured_output="none")
+    from llm_router.llm import LLMClassifier
+    from llm_router.prompts import load_prompt
+
+    llm = LLMClassifier(settings, labels, load_prompt("classify/v1"))
+    with pytest.raises(LLMResponseInvalid):
+        llm.classify(TEXT, shortlist=["math", "math.CO"])
+    server.script(Reply.answer("math.GM", raw=True))  # a merged code: it is the label "math"
+    assert llm.classify(TEXT, shortlist=["math", "math.CO"]).label == "math"
