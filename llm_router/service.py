@@ -16,10 +16,8 @@ Errors are ``{"error": {"type": ..., "message": ...}}``. Configuration: ``LLM_RO
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,15 +35,19 @@ from pydantic import BaseModel, Field
 
 from llm_router.errors import ClassifierError, RouterError
 from llm_router.metrics import ServiceMetrics
+from llm_router.middleware import (
+    Admission,
+    BodyLimit,
+    Guard,
+    error_body,
+    error_response,
+)
 from llm_router.router import Router
 from llm_router.schemas import Classification
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
-
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
-GUARDED_PREFIXES = ("/v1/", "/docs", "/openapi.json", "/redoc")
 
 
 class ClassifyRequest(BaseModel):
@@ -56,172 +58,12 @@ class BatchRequest(BaseModel):
     texts: list[Any] = Field(description="abstracts; a bad row gets its error in place")
 
 
-def error_body(kind: str, message: str) -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message}}
-
-
-def _error(status: int, kind: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(error_body(kind, message), status_code=status, headers=headers or None)
-
-
 def _row_error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
         return error_body("invalid_input", str(exc))
     if isinstance(exc, RouterError):
         return error_body("unavailable", str(exc))
     return error_body("internal", type(exc).__name__)
-
-
-class Admission:
-    """At most ``inflight`` requests worked on and ``queue`` waiting; past that, refuse."""
-
-    def __init__(self, inflight: int, queue: int) -> None:
-        self.inflight = inflight
-        self.queue = queue
-        self.admitted = 0
-        self._slots = asyncio.Semaphore(inflight)
-
-    def try_enter(self) -> bool:
-        if self.admitted >= self.inflight + self.queue:
-            return False
-        self.admitted += 1
-        return True
-
-    async def run(self, work: Callable[[], Awaitable[Response]]) -> Response:
-        try:
-            async with self._slots:
-                return await work()
-        finally:
-            self.admitted -= 1
-
-
-class BodyLimit:
-    """ASGI middleware: 413 as soon as a body passes ``limit`` bytes, whether it announces
-    a ``Content-Length`` or comes chunked."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(send)
-            return
-        received = 0
-        started = False
-        refused = False
-
-        async def limited_receive() -> Any:
-            # Past the limit the 413 goes out at once and the app sees the client leave
-            # (raising here would be turned into a 400 by the body parser).
-            nonlocal received, started, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    refused = True
-                    if not started:
-                        started = True
-                        await self._refuse(send)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            if refused:
-                return  # the 413 has been sent: whatever the app answers is dropped
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        await self.app(scope, limited_receive, tracking_send)
-
-    async def _refuse(self, send: Any) -> None:
-        response = _error(
-            413,
-            "too_large",
-            f"request body over {self.limit} bytes (LLM_ROUTER_SERVER_MAX_BODY_BYTES)",
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
-
-
-class Guard:
-    """ASGI middleware: the bearer token, admission (in flight + queue, else 503) and the
-    request metrics. Plain ASGI, as it sits in front of every request."""
-
-    def __init__(
-        self, app: Any, *, token: str | None, metrics: ServiceMetrics, state: dict[str, Any]
-    ) -> None:
-        self.app = app
-        self.token = token.encode() if token is not None else None
-        self.metrics = metrics
-        self.state = state
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path: str = scope["path"]
-        endpoint = _endpoint(path)
-        status = 500
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            guarded = self.token is not None and path.startswith(GUARDED_PREFIXES)
-            if guarded and not self._authorised(scope):
-                response = _error(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                    **{"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, tracking_send)
-                return
-            if not path.startswith("/v1/"):
-                await self.app(scope, receive, tracking_send)
-                return
-            admission: Admission | None = self.state.get("admission")
-            if admission is None or not admission.try_enter():
-                response = _error(
-                    503,
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                    **{"Retry-After": "1"},
-                )
-                await response(scope, receive, tracking_send)
-                return
-            await admission.run(lambda: self.app(scope, receive, tracking_send))
-        finally:
-            self.metrics.request(endpoint, status, time.perf_counter() - started)
-
-    def _authorised(self, scope: dict[str, Any]) -> bool:
-        assert self.token is not None
-        given = b""
-        for key, value in scope.get("headers") or []:
-            if key == b"authorization":
-                given = value
-        scheme, _, credential = given.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential, self.token)
 
 
 class MicroBatcher:
@@ -330,7 +172,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_input", _one_line(exc))
+        return error_response(422, "invalid_input", _one_line(exc))
 
     async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(workers, function, *args)
@@ -356,7 +198,7 @@ def create_app(
     async def classify_batch(body: BatchRequest) -> Response:
         """Classify many abstracts; results keep the input order, a bad row holds its error."""
         if len(body.texts) > settings.server_max_batch:
-            return _error(
+            return error_response(
                 413,
                 "too_large",
                 f"{len(body.texts)} texts, at most {settings.server_max_batch} "
@@ -413,13 +255,6 @@ def _classify_one(router: Router, text: object) -> Classification | Exception:
         return router.classify(text)  # type: ignore[arg-type]
     except (RouterError, TypeError, ValueError) as exc:
         return exc
-
-
-def _endpoint(path: str) -> str:
-    for known in ("/v1/classify/batch", "/v1/classify", *OPEN_PATHS, "/docs", "/openapi.json"):
-        if path == known:
-            return known
-    return "/ui" if path.startswith("/ui") else "other"
 
 
 def _one_line(exc: RequestValidationError) -> str:

@@ -118,6 +118,7 @@ def test_public_api_is_exactly_all():
         "page",
         "metrics",
         "sink",
+        "middleware",
     }
     assert exported - modules == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):
