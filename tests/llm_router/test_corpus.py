@@ -379,3 +379,28 @@ def test_a_large_job_classifies_in_worker_processes_with_the_same_labels(
     two = read_output(tmp_path / "two.csv")
     assert [r["id"] for r in two] == [r["id"] for r in rows]  # input order kept
     assert [r["label"] for r in two] == [r["label"] for r in one]
+
+
+def test_the_rpm_limit_holds_for_all_ray_workers_together(local_env, tmp_path, corpus):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    import ray
+
+    _, rows = corpus
+    source = write_as(rows[:12], tmp_path / "twelve.jsonl")
+    with ChatServer() as server:
+        local_env.setenv("LLM_ROUTER_API_KEY", TEST_KEY)
+        local_env.setenv("LLM_ROUTER_BASE_URL", server.url)
+        local_env.setenv("LLM_ROUTER_CACHE", "off")
+        # 3 CPUs: two classifying actors, and one left for the read and write tasks
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            summary = classify_file(
+                source, tmp_path / "out.jsonl", engine="ray", ray_workers=2, rpm=240, chunk_size=6
+            )
+        finally:
+            ray.shutdown()
+        times = sorted(r.at for r in server.requests)
+    assert summary.classified == 12 and summary.by_source == {"llm": 12} and len(times) == 12
+    # 240 rpm is one request per 0.25 s for the whole cluster: 12 requests span >= 11 slots,
+    # however the two workers interleave (a rate limit per worker would allow half that)
+    assert times[-1] - times[0] >= 11 * 0.25 * 0.95
