@@ -38,3 +38,10 @@ def machine() -> dict[str, Any]:
 
 def emit(name: str, results: dict[str, Any]) -> None:
     print(json.dumps({"bench": name, **results, "machine": machine()}, indent=2))
+
+
+def save(results: dict[str, Any], path: Path | None) -> None:
+    """Write ``results`` as JSON to ``path`` (the scripts' ``--out``), when given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")

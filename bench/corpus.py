@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ABSTRACTS, emit  # noqa: E402
+from bench._common import ABSTRACTS, emit, save  # noqa: E402
 from bench._procs import PeakSampler  # noqa: E402
 
 
@@ -96,9 +96,7 @@ def main() -> None:
         a, b = labels(work / "local.jsonl"), labels(work / "ray.jsonl")
         results["same_labels"] = sum(a[k] == b.get(k) for k in a)
     emit("corpus", results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import emit, real_abstracts  # noqa: E402
+from bench._common import emit, real_abstracts, save  # noqa: E402
 
 
 def free_port() -> int:
@@ -138,9 +138,7 @@ def main() -> None:
         server.wait(timeout=30)
     results = {"n": len(texts), "runs": runs, "server_peak_rss_mb": round(peak_kb / 1024)}
     emit("serve_load", results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(results, args.out)
 
 
 if __name__ == "__main__":

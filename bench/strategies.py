@@ -20,7 +20,6 @@ Run: python bench/strategies.py --out bench/results/strategies.json \
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ABSTRACTS, emit  # noqa: E402
+from bench._common import ABSTRACTS, emit, save  # noqa: E402
 from fallback_models.artifacts import read_manifest  # noqa: E402
 from fallback_models.data import load_papers  # noqa: E402
 from fallback_models.tfidf import TfidfClassifier  # noqa: E402
@@ -158,9 +157,8 @@ def main() -> None:
         },
     }
     emit("strategies", results)
+    save(results, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
         plot(curve, default, args.out.with_suffix(".png"))
 
 

@@ -13,11 +13,33 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
+from pydantic import SecretStr
 
 from llm_router.metrics import ServiceMetrics
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 GUARDED_PREFIXES = ("/v1/", "/docs", "/openapi.json", "/redoc")
+
+
+class ServerToken:
+    """``LLM_ROUTER_SERVER_TOKEN``, unwrapped once; compared in constant time, never shown."""
+
+    def __init__(self, secret: SecretStr | None) -> None:
+        self._value = secret.get_secret_value().encode() if secret is not None else None
+
+    @property
+    def required(self) -> bool:
+        return self._value is not None
+
+    def matches(self, given: str | bytes) -> bool:
+        """Whether ``given`` is the token (always true when none is set)."""
+        if self._value is None:
+            return True
+        candidate = given.encode() if isinstance(given, str) else given
+        return hmac.compare_digest(candidate, self._value)
+
+    def __repr__(self) -> str:
+        return "ServerToken('**********')" if self.required else "ServerToken(None)"
 
 
 def error_body(kind: str, message: str) -> dict[str, Any]:
@@ -120,10 +142,10 @@ class Guard:
     request metrics. Plain ASGI, as it sits in front of every request."""
 
     def __init__(
-        self, app: Any, *, token: str | None, metrics: ServiceMetrics, state: dict[str, Any]
+        self, app: Any, *, token: ServerToken, metrics: ServiceMetrics, state: dict[str, Any]
     ) -> None:
         self.app = app
-        self.token = token.encode() if token is not None else None
+        self.token = token
         self.metrics = metrics
         self.state = state
 
@@ -143,7 +165,7 @@ class Guard:
             await send(message)
 
         try:
-            guarded = self.token is not None and path.startswith(GUARDED_PREFIXES)
+            guarded = self.token.required and path.startswith(GUARDED_PREFIXES)
             if guarded and not self._authorised(scope):
                 response = error_response(
                     401,
@@ -171,13 +193,12 @@ class Guard:
             self.metrics.request(endpoint, status, time.perf_counter() - started)
 
     def _authorised(self, scope: dict[str, Any]) -> bool:
-        assert self.token is not None
         given = b""
         for key, value in scope.get("headers") or []:
             if key == b"authorization":
                 given = value
         scheme, _, credential = given.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential, self.token)
+        return scheme.lower() == b"bearer" and self.token.matches(credential)
 
 
 def endpoint_of(path: str) -> str:

@@ -8,7 +8,6 @@ never a traceback. With ``LLM_ROUTER_SERVER_TOKEN`` set the page asks for the to
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,9 @@ import pandas as pd
 from fastapi import FastAPI
 
 from llm_router.errors import ClassifierError, RouterError
+from llm_router.inputs import prepare_text
 from llm_router.metrics import ServiceMetrics
+from llm_router.middleware import ServerToken
 from llm_router.router import Router
 from llm_router.schemas import Classification
 from llm_router.settings import Settings
@@ -98,16 +99,14 @@ def _top5(router: Router, name: str, text: str) -> pd.DataFrame | None:
 def build_page(
     get_router: Callable[[], Router | None],
     settings: Settings,
+    token: ServerToken,
     metrics: ServiceMetrics | None = None,
 ) -> gr.Blocks:
     """The Blocks of the page; ``get_router`` returns the service's router once it is built."""
-    token = settings.server_token.get_secret_value() if settings.server_token else None
 
     def run(text: str, given_token: str = "") -> tuple[Any, ...]:
         hidden = [gr.update(visible=False)] * len(LOCAL_MODELS)
-        if token is not None and not hmac.compare_digest(
-            (given_token or "").encode(), token.encode()
-        ):
+        if not token.matches(given_token or ""):
             return ("⚠️ Enter the server's token to classify.", "", *hidden)
         router = get_router()
         if router is None:
@@ -124,7 +123,7 @@ def build_page(
             metrics.classified(result)
         plots = []
         for name in LOCAL_MODELS:
-            frame = _top5(router, name, router_text(text))
+            frame = _top5(router, name, prepare_text(text, router.max_input_chars))
             if frame is None:
                 plots.append(gr.update(visible=False))
             else:
@@ -139,9 +138,7 @@ def build_page(
         with gr.Row():
             with gr.Column(scale=3):
                 text = gr.Textbox(label="Abstract", lines=10, elem_id="abstract")
-                secret = gr.Textbox(
-                    label="Server token", type="password", visible=token is not None
-                )
+                secret = gr.Textbox(label="Server token", type="password", visible=token.required)
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
                 gr.Examples(EXAMPLES, inputs=text, label="Examples")
             with gr.Column(scale=2):
@@ -166,16 +163,12 @@ def build_page(
     return blocks
 
 
-def router_text(text: str) -> str:
-    """The text as the local models see it through the router (whitespace trimmed)."""
-    return text.strip()
-
-
 def mount_page(
     app: FastAPI,
     get_router: Callable[[], Router | None],
     settings: Settings,
+    token: ServerToken,
     metrics: ServiceMetrics | None = None,
 ) -> None:
     """Mount the page at ``/ui``."""
-    gr.mount_gradio_app(app, build_page(get_router, settings, metrics), path="/ui")
+    gr.mount_gradio_app(app, build_page(get_router, settings, token, metrics), path="/ui")

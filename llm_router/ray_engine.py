@@ -88,12 +88,6 @@ class ClusterRateLimiter(RateLimiter):
         self.keeper.slow_down.remote(seconds)
 
 
-def _usage(result: Any) -> Any:
-    from llm_router.corpus import usage_of
-
-    return usage_of(result)
-
-
 class _Classify:
     """A Ray Data callable class: one Router per actor, built once."""
 
@@ -121,7 +115,7 @@ class _Classify:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from llm_router.corpus import normalise_id, text_of
+        from llm_router.corpus import normalise_id, text_of, usage_of
         from llm_router.sink import output_row
 
         rows = batch.to_pylist()
@@ -142,7 +136,7 @@ class _Classify:
                 )
         results = self.router.classify_batch([t for _, t in todo], concurrency=self.concurrency)
         for (item_id, _), result in zip(todo, results, strict=True):
-            usage = _usage(result)
+            usage = usage_of(result)
             requests = usage.requests if usage is not None else 0
             out.append({**output_row(item_id, result), "_status": "row", "_requests": requests})
         columns = _schema()

@@ -39,6 +39,7 @@ from llm_router.middleware import (
     Admission,
     BodyLimit,
     Guard,
+    ServerToken,
     error_body,
     error_response,
 )
@@ -137,7 +138,7 @@ def create_app(
     """The service app; ``router`` defaults to ``Router.from_settings(settings)``, built at
     start-up."""
     settings = settings or Settings()
-    token = settings.server_token.get_secret_value() if settings.server_token else None
+    token = ServerToken(settings.server_token)
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
     workers = ThreadPoolExecutor(
@@ -238,7 +239,7 @@ def create_app(
     if ui:
         from llm_router.page import mount_page
 
-        mount_page(app, lambda: state["router"], settings, metrics)
+        mount_page(app, lambda: state["router"], settings, token, metrics)
     return app
 
 

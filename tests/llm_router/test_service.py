@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -304,12 +303,6 @@ def test_the_page_classifies_an_abstract_in_a_real_browser(serve, tmp_path):
     reply = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}).json()
     assert label == reply["label"] and reply["name"] in body and "tfidf" in body
     assert "no API key" in llm
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_with_a_token_the_page_asks_for_it(serve):
