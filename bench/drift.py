@@ -4,10 +4,10 @@ Trains the model on two splits of the shared data and evaluates each on its held
 - ``random``: the seeded 90/10 split by label that `python -m fallback_models train` uses;
 - ``temporal``: train on papers published before the cutoff (2026-03-01), test on those
   published on or after it (rows without a date are left out).
-For each split it tries both calibration slices (the temperatures fitted on a random 3 % of
-the training rows, or on the latest-published 3 %) and reports top-1, top-5, the share of
-rows whose top-1 is one of the paper's listed categories, and the expected calibration error
-of the top-1 probability (10 bins).
+For each split it tries both calibration slices (the temperatures fitted on a random 1 % of
+the training rows, or on the latest-published 1 %: ``calibration_fraction``) and reports
+top-1, top-5, the share of rows whose top-1 is one of the paper's listed categories, and the
+expected calibration error of the top-1 probability (10 bins).
 
 Run: python bench/drift.py [--out bench/results/drift.json]
 """

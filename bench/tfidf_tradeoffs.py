@@ -1,4 +1,5 @@
-"""TF-IDF model trade-offs: features, heads, hidden width, epochs and weight precision.
+"""TF-IDF model trade-offs: features, heads, hidden width, epochs, calibration slice and
+weight precision, and the default under two more training seeds (same split) for the spread.
 
 Each configuration is trained on the training split that `python -m fallback_models train
 tfidf` uses, evaluated on its test split, and saved to a temporary directory to measure the
@@ -26,14 +27,17 @@ from fallback_models.train import evaluate, prepare_dataset  # noqa: E402
 
 DEFAULT = TfidfConfig()
 VARIANTS: dict[str, TfidfConfig] = {
-    "default (250k, regression + network 96, int8)": DEFAULT,
-    "softmax regression alone": replace(DEFAULT, mlp_hidden=0),
+    "default (250k; regression + networks 192 and 128; 4-bit)": DEFAULT,
+    "softmax regression alone": replace(DEFAULT, mlp_hidden=()),
+    "regression + one network 256": replace(DEFAULT, mlp_hidden=(256,)),
     "150k features": replace(DEFAULT, max_features=150_000),
-    "400k features, regression alone": replace(DEFAULT, max_features=400_000, mlp_hidden=0),
-    "hidden 192": replace(DEFAULT, mlp_hidden=192),
+    "300k features": replace(DEFAULT, max_features=300_000),
     "fewer epochs (1 + 2)": replace(DEFAULT, linear_epochs=1, mlp_epochs=2),
     "more epochs (3 + 6)": replace(DEFAULT, linear_epochs=3, mlp_epochs=6),
-    "float16 weights": replace(DEFAULT, weight_bits=16),
+    "calibration on 3 % of the rows": replace(DEFAULT, calibration_fraction=0.03),
+    "int8 weights": replace(DEFAULT, weight_bits=8),
+    "default, training seed 1": replace(DEFAULT, seed=1),
+    "default, training seed 2": replace(DEFAULT, seed=2),
 }
 
 

@@ -1,20 +1,24 @@
-"""TfidfClassifier: word 1-2-gram TF-IDF features, a softmax regression and a small network,
+"""TfidfClassifier: word 1-2-gram TF-IDF features, a softmax regression and small networks,
 averaged.
 
-Both heads read the same TF-IDF vector (title + abstract, ``features.WordNgramTfidf``):
+Every head reads the same TF-IDF vector (title + abstract, ``features.WordNgramTfidf``):
 
 - a multinomial logistic regression (the features straight to the 96 logits), and
-- a one-hidden-layer network (``relu(x @ w1 + b1) @ w2 + b2``).
+- one-hidden-layer networks (``relu(x @ w1 + b1) @ w2 + b2``), by default two of different
+  widths and seeds.
 
-Their first layers are sparse lookups trained with plain SGD (only the rows of the features
-a batch holds are touched, so an epoch over 80k abstracts takes seconds), the small dense
-layers with Adam. Each head's logits are calibrated with a softmax temperature fitted on
-held-out training rows (a random slice, or the most recently published slice); the two
-log-probability vectors are averaged and the mix gets a temperature of its own, fitted on the
-same rows (an average of calibrated heads is less sure than either). Training needs torch;
-inference is numpy/scipy.
+Their first layers are sparse lookups: a step gathers only the rows of the features its batch
+holds, so an epoch over 80k abstracts takes seconds. The regression's rows are updated with
+plain SGD, the networks' with row-wise Adagrad (one accumulated squared gradient per feature,
+so rare n-grams keep large steps; with SGD a network was weaker than the regression alone);
+the small dense layers with Adam. Each head's logits are calibrated with a softmax
+temperature fitted on held-out training rows (a random slice, or the most recently published
+slice); the heads' log-probability vectors are averaged and the mix gets a temperature of its
+own, fitted on the same rows (an average of calibrated heads is less sure than any of them).
+Training needs torch; inference is numpy/scipy.
 
-The large matrices are stored as int8 with one float scale per row (``weight_bits=8``);
+The large matrices are stored as 4-bit integers with one float scale per row
+(``weight_bits=4``; 8 and 16 are the alternatives), which costs no accuracy (BENCHMARKS.md);
 the model is evaluated with the weights it saves. Files: ``vocab.json`` (token table),
 ``weights.npz`` (feature keys, idf, heads, temperatures) and ``config.json``: plain arrays
 and JSON, never pickle.
@@ -26,7 +30,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "word-ngram-tfidf/2"
 CALIBRATION_SLICES = ("random", "latest")
+WEIGHT_BITS = (4, 8, 16)
+_PACK_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -55,26 +61,33 @@ class TfidfConfig:
     max_features: int = 250_000
     min_df: int = 2
     ngram_max: int = 2
-    batch_size: int = 512
+    batch_size: int = 512  # the regression's
     linear_epochs: int = 2
     linear_lr: float = 1000.0  # SGD on the batch-mean loss of L2-normalised rows
-    mlp_hidden: int = 96  # 0: the softmax regression alone
+    mlp_hidden: tuple[int, ...] = (192, 128)  # one network per width; (): the regression alone
     mlp_epochs: int = 4
-    mlp_lr: float = 200.0  # SGD for the network's sparse first layer
-    dense_lr: float = 3e-3  # Adam for the biases and the network's second layer
+    mlp_batch_size: int = 256
+    mlp_lr: float = 0.05  # row-wise Adagrad for the network's sparse first layer
+    dense_lr: float = 2e-3  # Adam for the biases and the network's second layer
     mlp_dropout: float = 0.3
     min_steps: int = 120  # small data sets get more epochs, so that each head gets this many
-    linear_weight: float = 0.5  # share of the regression in the averaged log-probabilities
-    weight_bits: int = 8  # 8: int8 with a scale per row; 16: float16
-    calibration_fraction: float = 0.03
+    linear_weight: float | None = None  # the regression's share of the average; None: equal
+    weight_bits: int = 4  # 4 or 8: integers with a scale per row; 16: float16
+    calibration_fraction: float = 0.01  # four temperatures need few rows; the rest trains
     calibration: str = "random"  # or "latest": the most recently published training rows
     seed: int = 42
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_SLICES:
             raise ValueError(f"calibration must be one of {CALIBRATION_SLICES}")
-        if self.weight_bits not in (8, 16):
-            raise ValueError("weight_bits must be 8 or 16")
+        widths = self.mlp_hidden
+        if isinstance(widths, int):  # config.json of a one-network model: 0 or the width
+            widths = (widths,) if widths > 0 else ()
+        object.__setattr__(self, "mlp_hidden", tuple(int(w) for w in widths))
+        if any(w <= 0 for w in self.mlp_hidden):
+            raise ValueError("mlp_hidden holds positive widths")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}")
 
 
 @dataclass
@@ -111,16 +124,46 @@ class Head:
 
 
 def _pack(name: str, w: np.ndarray, bits: int) -> dict[str, np.ndarray]:
-    """int8 with a float32 scale per row (symmetric), or float16."""
+    """float16, or symmetric integers with a float32 scale per row: int8, or 4-bit values
+    in [-7, 7] stored two to a byte (``{name}_q4``, the column count in ``{name}_cols``).
+    Quantised a block of rows at a time, so that no full-size float temporary is made."""
     if bits == 16:
         return {name: w.astype(np.float16)}
-    scale = np.abs(w).max(axis=1) / 127.0
+    top = 127 if bits == 8 else 7
+    scale = (np.abs(w).max(axis=1) / top).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0)
-    q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
-    return {name: q, f"{name}_scale": scale.astype(np.float32)}
+    cols = w.shape[1]
+    width = cols if bits == 8 else (cols + 1) // 2
+    q = np.empty((w.shape[0], width), dtype=np.int8 if bits == 8 else np.uint8)
+    for start in range(0, w.shape[0], _PACK_ROWS):
+        block = slice(start, start + _PACK_ROWS)
+        values = np.clip(np.rint(w[block] / safe[block, None]), -top, top).astype(np.int8)
+        if bits == 8:
+            q[block] = values
+            continue
+        if cols % 2:
+            values = np.pad(values, ((0, 0), (0, 1)))
+        nibbles = (values + 8).astype(np.uint8)
+        q[block] = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+    if bits == 8:
+        return {name: q, f"{name}_scale": scale}
+    return {f"{name}_q4": q, f"{name}_scale": scale, f"{name}_cols": np.array(cols)}
 
 
 def _unpack(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    if f"{name}_q4" in arrays:
+        packed, scale = arrays[f"{name}_q4"], arrays[f"{name}_scale"]
+        cols = int(arrays[f"{name}_cols"])
+        w = np.empty((packed.shape[0], cols), dtype=np.float32)
+        for start in range(0, packed.shape[0], _PACK_ROWS):
+            block = slice(start, start + _PACK_ROWS)
+            both = np.empty((len(packed[block]), 2 * packed.shape[1]), dtype=np.float32)
+            both[:, 0::2] = packed[block] & 0x0F
+            both[:, 1::2] = packed[block] >> 4
+            both -= 8.0
+            both *= scale[block, None]
+            w[block] = both[:, :cols]
+        return w
     w = arrays[name]
     if f"{name}_scale" in arrays:
         w = w.astype(np.float32) * arrays[f"{name}_scale"][:, None]
@@ -152,48 +195,66 @@ def _train_head(
     hidden: int,
     epochs: int,
     lr: float,
+    batch_size: int,
     config: TfidfConfig,
     say: Callable[[str], None],
 ) -> Head:
-    """Train one head; ``hidden=0`` trains the softmax regression."""
+    """Train one head; ``hidden=0`` trains the softmax regression (SGD on its sparse rows),
+    else the network (row-wise Adagrad on its sparse rows)."""
     torch = _require_torch()
+    functional = torch.nn.functional
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     width = hidden or n_labels
-    first = torch.nn.EmbeddingBag(x.shape[1], width, mode="sum", sparse=True)
-    torch.nn.init.normal_(first.weight, std=0.02 if hidden else 0.0)
+    weight = torch.zeros(x.shape[1], width)
+    if hidden:
+        torch.nn.init.normal_(weight, std=0.02)
+    squares = torch.zeros(x.shape[1])  # row-wise Adagrad: accumulated mean squared gradient
     bias = torch.nn.Parameter(torch.zeros(width))
     out = torch.nn.Linear(hidden, n_labels) if hidden else None
     dropout = torch.nn.Dropout(config.mlp_dropout)
-    sparse_opt = torch.optim.SGD(list(first.parameters()), lr=lr)
     dense = [bias, *(out.parameters() if out is not None else [])]
     dense_opt = torch.optim.Adam(dense, lr=config.dense_lr)
     targets = torch.from_numpy(y.astype(np.int64))
-    batches = math.ceil(x.shape[0] / config.batch_size)
+    batches = math.ceil(x.shape[0] / batch_size)
     epochs = max(epochs, math.ceil(config.min_steps / batches))
     what = f"network (hidden {hidden})" if hidden else "softmax regression"
     for epoch in range(epochs):
         say(f"training the {what}, epoch {epoch + 1}/{epochs}")
         order = rng.permutation(x.shape[0])
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             batch = x[rows]
-            z = first(
-                torch.from_numpy(batch.indices.astype(np.int64)),
+            # Only the rows of the features in this batch take part in the step.
+            used, position = torch.unique(
+                torch.from_numpy(batch.indices.astype(np.int64)), return_inverse=True
+            )
+            rows_w = weight.index_select(0, used).requires_grad_()
+            z = functional.embedding_bag(
+                position,
+                rows_w,
                 torch.from_numpy(batch.indptr[:-1].astype(np.int64)),
+                mode="sum",
                 per_sample_weights=torch.from_numpy(batch.data.astype(np.float32)),
             )
             z = z + bias
             logits = out(dropout(torch.relu(z))) if out is not None else z
-            loss = torch.nn.functional.cross_entropy(logits, targets[rows])
-            sparse_opt.zero_grad()
+            loss = functional.cross_entropy(logits, targets[rows])
             dense_opt.zero_grad()
             loss.backward()
-            sparse_opt.step()
             dense_opt.step()
+            with torch.no_grad():
+                grad = rows_w.grad
+                if hidden:
+                    seen = squares.index_select(0, used) + (grad * grad).mean(dim=1)
+                    squares.index_copy_(0, used, seen)
+                    step = grad / (seen.sqrt()[:, None] + 1e-10)
+                else:
+                    step = grad
+                weight.index_copy_(0, used, rows_w.detach() - lr * step)
     bits = config.weight_bits
     with torch.no_grad():
-        w1 = _as_saved(first.weight.numpy(), bits)
+        w1 = _as_saved(weight.numpy(), bits)
         b1 = bias.numpy().astype(np.float32).copy()
         if out is None:
             return Head(w1, b1)
@@ -203,6 +264,11 @@ def _train_head(
             out.weight.numpy().T.astype(np.float32).copy(),
             out.bias.numpy().astype(np.float32).copy(),
         )
+
+
+def _network_prefix(n: int) -> str:
+    """Array names of the n-th network: ``mlp``, then ``mlp1``, ``mlp2``, ..."""
+    return f"mlp{n}" if n else "mlp"
 
 
 def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
@@ -248,15 +314,16 @@ class TfidfClassifier:
         features: WordNgramTfidf,
         linear: Head,
         config: TfidfConfig,
-        mlp: Head | None = None,
-        temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        networks: Sequence[Head] = (),
+        temperatures: Sequence[float] | None = None,
     ) -> None:
         self.labels = labels
         self.features = features
         self.linear = linear
-        self.mlp = mlp
+        self.networks = list(networks)
         self.config = config
-        self.temperatures = temperatures  # (regression, network, their combination)
+        # The regression's, each network's, then their combination's.
+        self.temperatures = list(temperatures or [1.0] * (len(self.networks) + 2))
         self.metrics: dict[str, Any] = {}
 
     @property
@@ -299,52 +366,63 @@ class TfidfClassifier:
             hidden=0,
             epochs=config.linear_epochs,
             lr=config.linear_lr,
+            batch_size=config.batch_size,
             config=config,
             say=say,
         )
-        mlp = None
-        if config.mlp_hidden > 0:
-            mlp = _train_head(
+        networks = [
+            _train_head(
                 x_fit,
                 y_fit,
                 len(labels),
-                hidden=config.mlp_hidden,
+                hidden=hidden,
                 epochs=config.mlp_epochs,
                 lr=config.mlp_lr,
-                config=config,
+                batch_size=config.mlp_batch_size,
+                config=replace(config, seed=config.seed + n),
                 say=say,
             )
+            for n, hidden in enumerate(config.mlp_hidden, start=1)
+        ]
         del x_fit
-        model = cls(labels, features, linear, config, mlp)
+        model = cls(labels, features, linear, config, networks)
         if len(cal_idx):
             say(f"calibrating on {len(cal_idx):,} held-out rows ({config.calibration})")
             x_cal = features.transform([texts[int(i)] for i in cal_idx])
-            t_linear = _fit_temperature(linear.logits(x_cal), y[cal_idx])
-            t_mlp = _fit_temperature(mlp.logits(x_cal), y[cal_idx]) if mlp is not None else 1.0
-            model.temperatures = (t_linear, t_mlp, 1.0)
-            if mlp is not None:  # averaging calibrated heads blunts them: calibrate the mix
-                t_out = _fit_temperature(model._combined(x_cal), y[cal_idx])
-                model.temperatures = (t_linear, t_mlp, t_out)
+            y_cal = y[cal_idx]
+            heads = [linear, *networks]
+            model.temperatures = [_fit_temperature(h.logits(x_cal), y_cal) for h in heads] + [1.0]
+            if networks:  # averaging calibrated heads blunts them: calibrate the mix
+                model.temperatures[-1] = _fit_temperature(model._combined(x_cal), y_cal)
         return model
 
     # -- inference --------------------------------------------------------------------------
     def _combined(self, x: sp.csr_matrix) -> np.ndarray:
         """The heads' calibrated log-probabilities, averaged (logits of the final softmax)."""
-        t_linear, t_mlp, _ = self.temperatures
-        logp: np.ndarray = log_softmax(self.linear.logits(x) / t_linear, axis=1)
-        if self.mlp is not None:
-            weight = self.config.linear_weight
-            logp = weight * logp + (1.0 - weight) * log_softmax(self.mlp.logits(x) / t_mlp, axis=1)
-        return logp
+        heads = [self.linear, *self.networks]
+        logps: list[np.ndarray] = [
+            log_softmax(head.logits(x) / t, axis=1)
+            for head, t in zip(heads, self.temperatures, strict=False)
+        ]
+        if len(logps) == 1:
+            return logps[0]
+        share = self.config.linear_weight
+        if share is None:
+            share = 1.0 / len(logps)
+        rest = (1.0 - share) / (len(logps) - 1)
+        combined: np.ndarray = share * logps[0] + rest * sum(logps[1:])
+        return combined
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, shape (len(texts), len(labels)), columns in label order."""
         x = self.features.transform(texts)
-        return np.asarray(softmax(self._combined(x) / self.temperatures[2], axis=1))
+        return np.asarray(softmax(self._combined(x) / self.temperatures[-1], axis=1))
 
     @property
     def model_name(self) -> str:
-        return "tfidf-softmax+mlp" if self.mlp is not None else "tfidf-softmax"
+        if not self.networks:
+            return "tfidf-softmax"
+        return "tfidf-softmax+" + "+".join(f"mlp{h.w1.shape[1]}" for h in self.networks)
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
         return classify_timed(
@@ -370,8 +448,8 @@ class TfidfClassifier:
             "temperatures": np.array(self.temperatures, dtype=np.float64),
             **self.linear.arrays("linear", bits),
         }
-        if self.mlp is not None:
-            arrays.update(self.mlp.arrays("mlp", bits))
+        for n, network in enumerate(self.networks):
+            arrays.update(network.arrays(_network_prefix(n), bits))
         vocab = {
             "format": FEATURES_FORMAT,
             "ngram_max": self.features.ngram_max,
@@ -407,14 +485,20 @@ class TfidfClassifier:
                 vocab["tokens"], arrays["keys"], arrays["idf"], int(vocab["ngram_max"])
             )
             linear = Head.from_arrays("linear", arrays)
-            mlp = Head.from_arrays("mlp", arrays) if "mlp_w1" in arrays else None
-            t_linear, t_mlp, t_out = (float(t) for t in arrays["temperatures"])
+            networks: list[Head] = []
+            while f"{_network_prefix(len(networks))}_b1" in arrays:
+                networks.append(Head.from_arrays(_network_prefix(len(networks)), arrays))
+            temperatures = [float(t) for t in arrays["temperatures"]]
+            if len(temperatures) == 3 and not networks:  # a regression alone, saved as 3
+                temperatures = [temperatures[0], temperatures[2]]
+            if len(temperatures) != len(networks) + 2:
+                raise ValueError(f"{len(temperatures)} temperatures for {len(networks) + 1} heads")
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise ModelNotAvailable(
                 f"cannot load tfidf model from {directory}: {exc}",
                 classifier="tfidf",
                 reason="bad_artifacts",
             ) from exc
-        model = cls(labels, features, linear, config, mlp, (t_linear, t_mlp, t_out))
+        model = cls(labels, features, linear, config, networks, temperatures)
         model.metrics = manifest.get("metrics", {})
         return model

@@ -128,3 +128,57 @@ def test_a_model_from_the_previous_format_asks_to_be_retrained(trained_models, t
     with pytest.raises(ModelNotAvailable, match="older version of llm-router; retrain") as info:
         TfidfClassifier.load(target)
     assert info.value.reason == "bad_artifacts"
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+@pytest.mark.parametrize("cols", [96, 7, 1])
+def test_stored_weights_are_within_half_a_step_of_the_trained_ones(bits, cols):
+    from fallback_models.tfidf import _pack, _unpack
+
+    rng = np.random.default_rng(cols)
+    w = rng.normal(size=(40_000, cols)).astype(np.float32)  # more rows than one packing block
+    w[3] = 0.0
+    back = _unpack("w", _pack("w", w, bits))
+    assert back.shape == w.shape and back.dtype == np.float32 and back.flags.c_contiguous
+    top = np.abs(w).max(axis=1)
+    step = top / {4: 7, 8: 127}[bits] if bits != 16 else top * 2.0**-10
+    assert np.all(np.abs(back - w) <= step[:, None] / 2 + 1e-7)
+    assert not back[3].any()
+
+
+def test_four_bit_weights_take_half_a_byte_each():
+    from fallback_models.tfidf import _pack
+
+    packed = _pack("w", np.ones((1000, 96), dtype=np.float32), 4)
+    assert packed["w_q4"].nbytes == 1000 * 48 and packed["w_q4"].dtype == np.uint8
+
+
+def test_every_network_is_saved_and_used(model, tmp_path, sample_rows):
+    assert [h.w1.shape[1] for h in model.networks] == list(model.config.mlp_hidden)
+    assert len(model.temperatures) == len(model.networks) + 2
+    texts = [r["abstract"] for r in sample_rows[:20]]
+    alone = TfidfClassifier(model.labels, model.features, model.linear, model.config)
+    assert not np.allclose(alone.predict_proba(texts), model.predict_proba(texts))
+
+
+def test_a_one_network_int8_model_of_the_previous_round_still_loads(tmp_path, sample_rows):
+    from fallback_models.tfidf import TfidfConfig
+    from llm_router.labels import LabelSet
+
+    rows = sample_rows[:300]
+    labels = LabelSet.from_raw_labels([r["primary_category"] for r in rows], 1)
+    targets = [labels.to_deployed(r["primary_category"]) or "other" for r in rows]
+    texts = [r["abstract"] for r in rows]
+    config = TfidfConfig(mlp_hidden=(16,), weight_bits=8, calibration_fraction=0.1)
+    trained = TfidfClassifier.train(texts, targets, labels, config)
+    trained.save(tmp_path / "tfidf")
+    stored = json.loads((tmp_path / "tfidf" / "config.json").read_text())
+    assert stored["mlp_hidden"] == [16]
+    stored["mlp_hidden"], stored["linear_weight"] = 16, 0.5  # how the previous round wrote it
+    (tmp_path / "tfidf" / "config.json").write_text(json.dumps(stored))
+    from fallback_models.artifacts import write_manifest
+
+    write_manifest(tmp_path / "tfidf", "tfidf", labels)
+    again = TfidfClassifier.load(tmp_path / "tfidf")
+    assert again.config.mlp_hidden == (16,) and len(again.networks) == 1
+    assert np.allclose(again.predict_proba(texts[:10]), trained.predict_proba(texts[:10]))
