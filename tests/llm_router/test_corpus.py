@@ -401,6 +401,8 @@ def test_the_rpm_limit_holds_for_all_ray_workers_together(local_env, tmp_path, c
             ray.shutdown()
         times = sorted(r.at for r in server.requests)
     assert summary.classified == 12 and summary.by_source == {"llm": 12} and len(times) == 12
-    # 240 rpm is one request per 0.25 s for the whole cluster: 12 requests span >= 11 slots,
-    # however the two workers interleave (a rate limit per worker would allow half that)
-    assert times[-1] - times[0] >= 11 * 0.25 * 0.95
+    # 240 rpm is one request per 0.25 s for the whole cluster: 12 requests span 11 slots
+    # (2.75 s), however the two workers interleave; a rate limit per worker measured 1.7 s.
+    # The server sees a request a little after its slot, later on a busy machine (2.55 s once
+    # while a BERT trained beside the suite), so the bound leaves 20 % for that.
+    assert times[-1] - times[0] >= 11 * 0.25 * 0.8
