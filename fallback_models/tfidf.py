@@ -400,9 +400,9 @@ class TfidfClassifier:
     def _combined(self, x: sp.csr_matrix) -> np.ndarray:
         """The heads' calibrated log-probabilities, averaged (logits of the final softmax)."""
         heads = [self.linear, *self.networks]
-        logps: list[np.ndarray] = [
+        logps: list[np.ndarray] = [  # the last temperature is the mix's
             log_softmax(head.logits(x) / t, axis=1)
-            for head, t in zip(heads, self.temperatures, strict=False)
+            for head, t in zip(heads, self.temperatures[:-1], strict=True)
         ]
         if len(logps) == 1:
             return logps[0]
