@@ -209,7 +209,8 @@ def _train_head(
     weight = torch.zeros(x.shape[1], width)
     if hidden:
         torch.nn.init.normal_(weight, std=0.02)
-    squares = torch.zeros(x.shape[1])  # row-wise Adagrad: accumulated mean squared gradient
+    # Row-wise Adagrad (the networks only): each feature's accumulated mean squared gradient.
+    squares = torch.zeros(x.shape[1] if hidden else 0)
     bias = torch.nn.Parameter(torch.zeros(width))
     out = torch.nn.Linear(hidden, n_labels) if hidden else None
     dropout = torch.nn.Dropout(config.mlp_dropout)
