@@ -48,11 +48,10 @@ def run_job(source: Path, out: Path, *extra: str) -> dict[str, float | str]:
 
 def in_process_rows_per_s(source: Path, models: Path) -> float:
     from fallback_models.tfidf import TfidfClassifier
-    from llm_router.corpus import text_of
-    from llm_router.records import read_records
+    from llm_router.records import read_records, record_text
 
     model = TfidfClassifier.load(models / "tfidf")
-    texts = [str(text_of(r, "abstract", "title")).strip() for r in read_records(source)]
+    texts = [str(record_text(r, "abstract", "title")).strip() for r in read_records(source)]
     model.classify_batch(texts[:256])
     started = time.perf_counter()
     for i in range(0, len(texts), 1024):

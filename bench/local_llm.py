@@ -26,6 +26,7 @@ from bench._common import emit  # noqa: E402
 from eval.sampling import stratified_sample  # noqa: E402
 from fallback_models.artifacts import deployed_label_set, test_ids  # noqa: E402
 from fallback_models.data import load_papers  # noqa: E402
+from fallback_models.registry import MODELS  # noqa: E402
 from fallback_models.tfidf import TfidfClassifier  # noqa: E402
 from llm_router import Router, Settings  # noqa: E402
 from llm_router.router import llm_classifier  # noqa: E402
@@ -48,8 +49,8 @@ def main() -> None:
     )
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     args = parser.parse_args()
-    labels = deployed_label_set(args.model_dir)
-    held_out = set.intersection(*test_ids(args.model_dir).values())
+    labels = deployed_label_set(args.model_dir, MODELS.trained)
+    held_out = set.intersection(*test_ids(args.model_dir, MODELS.trained).values())
     rows = stratified_sample(load_papers(args.data), held_out, labels, args.n, seed=7)
     tfidf = TfidfClassifier.load(args.model_dir / "tfidf")
     with tempfile.TemporaryDirectory() as tmp:

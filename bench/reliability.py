@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, real_abstracts  # noqa: E402
 from llm_router import Candidate, Classification, Router, Settings  # noqa: E402
-from llm_router.budget import Budget, Price  # noqa: E402
 from llm_router.labels import LabelSet  # noqa: E402
+from llm_router.llm.budget import Budget, Price  # noqa: E402
 from llm_router.router import llm_classifier  # noqa: E402
 from llm_router.testing import ChatServer, Reply  # noqa: E402
 

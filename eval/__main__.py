@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -25,7 +25,7 @@ from eval.systems import (
     ALL_SYSTEMS,
     DEFAULT_SYSTEMS,
     LLM_STRATEGIES,
-    Outcome,
+    RowResult,
     System,
     build_systems,
     run_concurrent,
@@ -33,30 +33,26 @@ from eval.systems import (
 )
 from fallback_models.artifacts import read_manifest, test_ids
 from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
-from llm_router.budget import Budget, Price
+from fallback_models.registry import MODELS
 from llm_router.chain import Chain, local_order
+from llm_router.console import Parser, fail, setup_logging
 from llm_router.errors import RouterError
-from llm_router.ratelimit import RateLimiter
-from llm_router.redact import redact_url
+from llm_router.llm.budget import Budget, Price
+from llm_router.llm.ratelimit import RateLimiter
+from llm_router.llm.redact import redact_url
 from llm_router.settings import Settings
 
 logger = logging.getLogger("eval")
-RUN_ORDER = ("llm", "shortlist", "cascade", "router", "bert", "tfidf", "ensemble")
+RUN_ORDER = (*LLM_STRATEGIES, "router", *MODELS.kinds)
 
 
 class UsageError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see python -m eval --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
-        prog="python -m eval",
+def _parser(prog: str) -> Parser:
+    p = Parser(
+        prog=prog,
         description="Compare the router, the LLM alone and each "
         "local model on held-out arXiv abstracts, within a budget.",
     )
@@ -139,7 +135,7 @@ def _check(args: argparse.Namespace) -> list[str]:
 def _data_source(args: argparse.Namespace, settings: Settings) -> str:
     if args.data:
         return str(args.data)
-    for kind in ("tfidf", "bert"):
+    for kind in MODELS.trained:
         try:
             source = read_manifest(settings.model_dir / kind, kind)["data"]["source"]
         except (RouterError, KeyError, TypeError):
@@ -150,7 +146,7 @@ def _data_source(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _held_out_ids(args: argparse.Namespace, settings: Settings) -> set[str]:
-    found = test_ids(settings.model_dir)
+    found = test_ids(settings.model_dir, MODELS.trained)
     if not found and args.train_missing:
         from fallback_models.train import prepare_dataset, train_tfidf
 
@@ -160,7 +156,7 @@ def _held_out_ids(args: argparse.Namespace, settings: Settings) -> set[str]:
             file=sys.stderr,
         )
         train_tfidf(prepare_dataset(source), settings.model_dir / "tfidf")
-        found = test_ids(settings.model_dir)
+        found = test_ids(settings.model_dir, MODELS.trained)
     if not found:
         raise UsageError(
             f"no trained model under {settings.model_dir}: train one first with "
@@ -179,7 +175,7 @@ def _settings_summary(settings: Settings) -> dict[str, Any]:
         "api_key": "set" if settings.api_key is not None else "unset",
         "cache": settings.cache,
         "model_dir": str(settings.model_dir),
-        "fallbacks": list(settings.fallbacks),
+        "fallbacks": list(settings.fallbacks) if settings.fallbacks is not None else "auto",
         "strategy": settings.strategy,
         "shortlist_k": settings.shortlist_k,
         "cascade_threshold": settings.cascade_threshold,
@@ -241,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     systems, chain = build_systems(systems_wanted, settings, budget, limiter)
     # The LLM alone first: the router then finds its answers in the cache, paying once.
     order = sorted(systems, key=lambda s: RUN_ORDER.index(s.name))
-    outcomes: dict[str, list[Outcome]] = {}
+    outcomes: dict[str, list[RowResult]] = {}
     spent: dict[str, dict[str, Any]] = {}
     status = "completed"
     stop = threading.Event()
@@ -317,7 +313,7 @@ def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def _run_one(
     system: System, rows: list[Any], concurrency: int, stop: threading.Event, budget: Budget
-) -> list[Outcome]:
+) -> list[RowResult]:
     if not system.uses_llm:
         with tqdm(total=len(rows), desc=system.name, unit="row", leave=False) as bar:
             result = run_local(system, rows)
@@ -326,7 +322,7 @@ def _run_one(
     correct = 0
     with tqdm(total=len(rows), desc=system.name, unit="row") as bar:
 
-        def done(outcome: Outcome) -> None:
+        def done(outcome: RowResult) -> None:
             nonlocal correct
             correct += outcome.label == outcome.truth
             snap = budget.snapshot()
@@ -338,19 +334,13 @@ def _run_one(
         return run_concurrent(system, rows, concurrency, done, stop)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def main(argv: list[str] | None = None, *, prog: str = "python -m eval") -> int:
+    args = _parser(prog).parse_args(argv)
+    setup_logging(args.verbose)
     try:
         return run(args)
     except (UsageError, DataError, RouterError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from llm_router.budget import Price
 from llm_router.labels import LabelSet
+from llm_router.llm.budget import Price
+from llm_router.llm.redact import redact_url
 from llm_router.prompts import load_prompt
-from llm_router.redact import redact_url
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -11,20 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.metrics import (
+from eval.systems import RowResult
+from fallback_models.scoring import (
     confused_pairs,
     macro_weighted_f1,
     percentile,
     top_k_accuracy,
     wilson_interval,
 )
-from eval.systems import Outcome
 from llm_router.labels import group_of
 
 logger = logging.getLogger(__name__)
 
 
-def system_figures(outcomes: Sequence[Outcome], spent: dict[str, Any]) -> dict[str, Any]:
+def system_figures(outcomes: Sequence[RowResult], spent: dict[str, Any]) -> dict[str, Any]:
     """Every figure for one system; rows it could not answer count as wrong."""
     n = len(outcomes)
     truth = [o.truth for o in outcomes]
@@ -80,7 +80,7 @@ def _group(label: str) -> str:
     return group_of(label) or "other"
 
 
-def llm_economics(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+def llm_economics(outcomes: Sequence[RowResult]) -> dict[str, Any]:
     """The share of rows that reached the LLM, and tokens and cost per row.
 
     Per-row figures come from the rows that were actually sent (their ``usage``) and are
@@ -180,7 +180,7 @@ def link_notes(link: dict[str, Any]) -> list[str]:
 
 
 def write_report(
-    out: Path, report: dict[str, Any], outcomes: dict[str, list[Outcome]]
+    out: Path, report: dict[str, Any], outcomes: dict[str, list[RowResult]]
 ) -> list[Path]:
     """Write report.json, report.md, predictions.csv and confusion.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def write_report(
     return written
 
 
-def confusion_image(path: Path, name: str, outcomes: Sequence[Outcome]) -> Path | None:
+def confusion_image(path: Path, name: str, outcomes: Sequence[RowResult]) -> Path | None:
     """A confusion matrix over the labels that occur (truth or prediction), as PNG."""
     try:
         import matplotlib

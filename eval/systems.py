@@ -10,24 +10,25 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from eval.sampling import Row
-from llm_router.budget import Budget
+from fallback_models.registry import MODELS
 from llm_router.chain import Chain, build_chain
 from llm_router.classifier import Classifier
-from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
-from llm_router.ratelimit import RateLimiter
+from llm_router.errors import ClassifierError, RouterError, reason_of, spent_by
+from llm_router.llm.budget import Budget
+from llm_router.llm.ratelimit import RateLimiter
 from llm_router.router import Router
-from llm_router.schemas import Classification, Usage
+from llm_router.schemas import Classification
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ALL_SYSTEMS = ("router", "llm", "shortlist", "cascade", "bert", "tfidf", "ensemble")
-DEFAULT_SYSTEMS = ("router", "llm", "shortlist", "cascade", "bert", "tfidf")
 LLM_STRATEGIES = ("llm", "shortlist", "cascade")  # the LLM used each way, without fallback
+ALL_SYSTEMS = ("router", *LLM_STRATEGIES, *MODELS.kinds)
+DEFAULT_SYSTEMS = ("router", *LLM_STRATEGIES, *MODELS.trained)
 
 
 @dataclass
-class Outcome:
+class RowResult:
     """What one system said about one row."""
 
     row_id: str
@@ -52,7 +53,7 @@ class Outcome:
         return self.requests > 0 or (self.cached and self.source == "llm")
 
     @classmethod
-    def of(cls, row: Row, result: Classification, latency_ms: float) -> Outcome:
+    def of(cls, row: Row, result: Classification, latency_ms: float) -> RowResult:
         usage = result.usage
         return cls(
             row_id=row.paper.id,
@@ -75,7 +76,7 @@ class Outcome:
     @classmethod
     def failed(
         cls, row: Row, reason: str, latency_ms: float, requests: int = 0, tokens: int = 0
-    ) -> Outcome:
+    ) -> RowResult:
         return cls(
             row.paper.id,
             row.truth,
@@ -120,7 +121,7 @@ def build_systems(
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
-                head = chain.head(name)  # type: ignore[arg-type]
+                head = chain.strategy_classifier(name)  # type: ignore[arg-type]
                 router = Router([head], max_input_chars=settings.max_input_chars, strategy=name)
                 systems.append(System(name, router, uses_llm=True))
         elif name == "router":
@@ -133,11 +134,11 @@ def build_systems(
     return systems, chain
 
 
-def run_local(system: System, rows: Sequence[Row], batch_size: int = 256) -> list[Outcome]:
+def run_local(system: System, rows: Sequence[Row], batch_size: int = 256) -> list[RowResult]:
     """No network: a local model in batches, or a router whose chain has no LLM. A row that
     nothing could answer is counted as failed, with its reason."""
     assert system.classifier is not None
-    outcomes: list[Outcome] = []
+    outcomes: list[RowResult] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         texts = [r.paper.text for r in chunk]
@@ -150,9 +151,9 @@ def run_local(system: System, rows: Sequence[Row], batch_size: int = 256) -> lis
             results = [_classify_or_error(system.classifier, t) for t in texts]
         for row, result in zip(chunk, results, strict=True):
             if isinstance(result, Exception):
-                outcomes.append(Outcome.failed(row, failure_reason(result), 0.0))
+                outcomes.append(RowResult.failed(row, reason_of(result), 0.0))
             else:
-                outcomes.append(Outcome.of(row, result, result.latency_ms))
+                outcomes.append(RowResult.of(row, result, result.latency_ms))
     return outcomes
 
 
@@ -163,58 +164,42 @@ def _classify_or_error(classifier: Classifier, text: str) -> Classification | Ex
         return exc
 
 
-def _failed_usage(exc: BaseException) -> Usage | None:
-    """What the failed attempts of a row spent (the first classifier's, for a chain)."""
-    if isinstance(exc, AllClassifiersFailed):
-        return exc.errors[0].usage if exc.errors else None
-    return exc.usage if isinstance(exc, ClassifierError) else None
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The short reason of a failed row (the first classifier's, for a whole chain)."""
-    if isinstance(exc, AllClassifiersFailed):
-        return exc.errors[0].reason if exc.errors else "failed"
-    if isinstance(exc, ClassifierError):
-        return exc.reason
-    return type(exc).__name__
-
-
 def run_concurrent(
     system: System,
     rows: Sequence[Row],
     concurrency: int,
-    on_done: Callable[[Outcome], None],
+    on_done: Callable[[RowResult], None],
     stop: threading.Event,
-) -> list[Outcome]:
+) -> list[RowResult]:
     """A system that may call the endpoint: ``concurrency`` rows at a time, in row order in
     the result. Ctrl-C sets ``stop``: rows not yet started are skipped, rows in flight finish
     (their answers are cached), and the partial result is returned."""
     assert system.classifier is not None
     classifier = system.classifier
 
-    def one(row: Row) -> Outcome | None:
+    def one(row: Row) -> RowResult | None:
         if stop.is_set():
             return None
         started = time.perf_counter()
         try:
             result = classifier.classify(row.paper.text)
         except (RouterError, TypeError, ValueError) as exc:
-            spent = _failed_usage(exc)
-            return Outcome.failed(
+            spent = spent_by(exc)
+            return RowResult.failed(
                 row,
-                failure_reason(exc),
+                reason_of(exc),
                 (time.perf_counter() - started) * 1000,
                 requests=spent.requests if spent else 0,
                 tokens=spent.prompt_tokens if spent else 0,
             )
-        return Outcome.of(row, result, (time.perf_counter() - started) * 1000)
+        return RowResult.of(row, result, (time.perf_counter() - started) * 1000)
 
-    results: dict[int, Outcome] = {}
+    results: dict[int, RowResult] = {}
     pool = ThreadPoolExecutor(
         max_workers=max(1, concurrency), thread_name_prefix=f"eval-{system.name}"
     )
     try:
-        futures: dict[Future[Outcome | None], int] = {
+        futures: dict[Future[RowResult | None], int] = {
             pool.submit(one, r): i for i, r in enumerate(rows)
         }
         for future in as_completed(futures):

@@ -1,24 +1,28 @@
-"""``python -m fallback_models train {tfidf,bert} --data PATH|HF_ID [--out ROOT]`` and ``info``."""
+"""``python -m fallback_models train KIND --data PATH|HF_ID [--out ROOT]`` and ``info DIR``.
+
+Also ``llm-router train`` and ``llm-router info DIR``; the kinds come from
+:mod:`fallback_models.registry`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from fallback_models.data import HF_DATASET, DataError
+from fallback_models.registry import MODELS
+from llm_router.console import Parser, fail, setup_logging
 from llm_router.errors import RouterError
 from llm_router.settings import Settings
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fallback_models", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parser(prog: str) -> Parser:
+    parser = Parser(prog=prog, description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train a local model and print its test metrics")
-    train.add_argument("kind", choices=["tfidf", "bert"])
+    train.add_argument("kind", choices=MODELS.trained)
     train.add_argument(
         "--data",
         default=HF_DATASET,
@@ -74,21 +78,25 @@ def _summary(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "info":
-        path = args.directory / "manifest.json"
-        if not path.is_file():
-            print(f"error: no manifest.json in {args.directory}", file=sys.stderr)
-            return 2
-        manifest = json.loads(path.read_text())
-        manifest["split"]["test_ids"] = f"<{len(manifest['split']['test_ids'])} ids>"
-        manifest["files"] = {k: v[:12] + "…" for k, v in manifest["files"].items()}
-        print(json.dumps(manifest, indent=2))
-        return 0
+def describe(directory: Path) -> int:
+    """Print a model directory's manifest (test ids counted, sha256s shortened)."""
+    path = directory / "manifest.json"
+    if not path.is_file():
+        return fail(f"no manifest.json in {directory}")
+    manifest = json.loads(path.read_text())
+    manifest["split"]["test_ids"] = f"<{len(manifest['split']['test_ids'])} ids>"
+    manifest["files"] = {k: v[:12] + "…" for k, v in manifest["files"].items()}
+    print(json.dumps(manifest, indent=2))
+    return 0
 
-    from fallback_models.train import prepare_dataset, train_bert, train_tfidf
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m fallback_models") -> int:
+    args = _parser(prog).parse_args(argv)
+    setup_logging()
+    if args.command == "info":
+        return describe(args.directory)
+
+    from fallback_models.train import prepare_dataset
 
     try:
         out = (args.out or Settings().model_dir) / args.kind
@@ -105,37 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             f"train {len(dataset.train_idx):,} / test {len(dataset.test_idx):,}",
             file=sys.stderr,
         )
-        if args.kind == "tfidf":
-            from dataclasses import replace
-
-            from fallback_models.tfidf import TfidfConfig
-
-            tfidf_config = TfidfConfig(seed=args.seed)
-            if args.calibration:
-                tfidf_config = replace(tfidf_config, calibration=args.calibration)
-            manifest = train_tfidf(dataset, out, tfidf_config)
-        else:
-            from fallback_models.bert import BertConfig, default_base_model
-
-            config = BertConfig(
-                base_model=args.base or default_base_model(),
-                max_length=args.max_length,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                learning_rate=args.lr,
-                seed=args.seed,
-            )
-            manifest = train_bert(
-                dataset,
-                out,
-                config,
-                device=args.device,
-                max_train_rows=args.max_train_rows,
-                max_test_rows=args.max_test_rows,
-            )
+        manifest = MODELS.train(args.kind, dataset, out, vars(args))
     except (DataError, RouterError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except KeyboardInterrupt:
         print("interrupted: nothing was saved", file=sys.stderr)
         return 130

@@ -15,16 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llm_router.classifier import Classifier
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
-from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-KINDS = ("tfidf", "bert")
 
 
 def sha256_file(path: Path) -> str:
@@ -135,9 +132,10 @@ def verify_artifacts(directory: Path, kind: str) -> dict[str, Any]:
     return manifest
 
 
-def deployed_label_set(model_dir: Path, kinds: Iterable[str] = KINDS) -> LabelSet:
-    """The label set of the first trained model found, else the full arXiv taxonomy."""
-    for kind in (*kinds, *KINDS):
+def deployed_label_set(model_dir: Path, kinds: Iterable[str]) -> LabelSet:
+    """The label set of the first trained model of ``kinds`` found, else the full arXiv
+    taxonomy."""
+    for kind in kinds:
         try:
             manifest = read_manifest(model_dir / kind, kind)
             return LabelSet.from_dict(manifest["label_set"])
@@ -174,7 +172,7 @@ def order_by_quality(model_dir: Path, kinds: Iterable[str]) -> tuple[str, ...]:
     return tuple(next(ranked) if kind in scores else kind for kind in kinds)
 
 
-def test_ids(model_dir: Path, kinds: Iterable[str] = KINDS) -> dict[str, set[str]]:
+def test_ids(model_dir: Path, kinds: Iterable[str]) -> dict[str, set[str]]:
     """Held-out ids per trained model kind (rows that model was not trained on)."""
     found: dict[str, set[str]] = {}
     for kind in kinds:
@@ -184,32 +182,3 @@ def test_ids(model_dir: Path, kinds: Iterable[str] = KINDS) -> dict[str, set[str
             continue
         found[kind] = set(manifest.get("split", {}).get("test_ids", []))
     return found
-
-
-def load_local_classifier(kind: str, settings: Settings, labels: LabelSet) -> Classifier:
-    """Load and verify one local model; it must answer in the deployed label set.
-
-    Raises:
-        ModelNotAvailable: artifacts missing or refused, a dependency missing, or a model
-            trained on another label set.
-    """
-    directory = settings.model_dir / kind
-    model: Classifier
-    if kind == "tfidf":
-        from fallback_models.tfidf import TfidfClassifier
-
-        model = TfidfClassifier.load(directory)
-    elif kind == "bert":
-        from fallback_models.bert import BertClassifier
-
-        model = BertClassifier.load(directory, device=settings.device)
-    else:
-        raise ModelNotAvailable(f"unknown fallback {kind!r}", classifier=kind, reason="unknown")
-    own = getattr(model, "labels", None)
-    if isinstance(own, LabelSet) and own.labels != labels.labels:
-        raise ModelNotAvailable(
-            f"{kind} model at {directory} was trained on a different label set; retrain it",
-            classifier=kind,
-            reason="label_mismatch",
-        )
-    return model

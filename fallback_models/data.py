@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from llm_router.records import SUFFIXES, DataError, read_records
+from llm_router.records import SUFFIXES, DataError, join_title, normalise_id, read_records
 
 __all__ = ["HF_DATASET", "DataError", "Paper", "is_local", "load_papers", "split_ids"]
 
@@ -39,7 +39,7 @@ class Paper:
     @property
     def text(self) -> str:
         """What the models see: title and abstract."""
-        return f"{self.title}. {self.abstract}" if self.title else self.abstract
+        return join_title(self.title, self.abstract)
 
 
 def is_local(source: str) -> bool:
@@ -79,8 +79,7 @@ def load_papers(source: str) -> list[Paper]:
             raise DataError(f"{source}: row {n} lacks text column(s) {', '.join(missing)}")
         if not abstract.strip() or not label.strip():
             continue
-        row_id = row.get("id")
-        paper_id = str(row_id) if row_id not in (None, "") else _derived_id(abstract)
+        paper_id = normalise_id(row.get("id")) or _derived_id(abstract)
         title = row.get("title")
         published = row.get("published")
         papers.append(

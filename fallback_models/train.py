@@ -12,15 +12,15 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.metrics import (
+from fallback_models.artifacts import library_versions
+from fallback_models.data import DataError, Paper, data_fingerprint, load_papers, split_ids
+from fallback_models.scoring import (
     confused_pairs,
     expected_calibration_error,
     f1_scores,
     macro_weighted_f1,
     top_k_accuracy,
 )
-from fallback_models.artifacts import library_versions
-from fallback_models.data import DataError, Paper, data_fingerprint, load_papers, split_ids
 from llm_router.labels import MIN_ROWS, LabelSet
 
 logger = logging.getLogger(__name__)

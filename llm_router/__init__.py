@@ -6,10 +6,10 @@
 ('cs.CV', 'llm', False)
 """
 
-from llm_router.corpus import CorpusSummary, classify_file
+import typing as _typing
+
 from llm_router.errors import (
     AllClassifiersFailed,
-    BudgetExceeded,
     ClassifierError,
     ConfigError,
     LLMResponseInvalid,
@@ -23,7 +23,6 @@ from llm_router.settings import Settings
 
 __all__ = [
     "AllClassifiersFailed",
-    "BudgetExceeded",
     "Candidate",
     "Classification",
     "ClassifierError",
@@ -40,3 +39,21 @@ __all__ = [
     "classify_file",
     "route",
 ]
+
+if _typing.TYPE_CHECKING:
+    from llm_router.corpus import CorpusSummary, classify_file
+
+# The corpus job is a surface: loaded on first use, so `import llm_router` stays light.
+_LAZY = ("CorpusSummary", "classify_file")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import llm_router.corpus
+
+        return getattr(llm_router.corpus, name)
+    raise AttributeError(f"module 'llm_router' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

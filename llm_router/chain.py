@@ -8,22 +8,20 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from llm_router.budget import Budget
-from llm_router.cache import CachedClassifier, DiskCache
 from llm_router.classifier import Classifier
-from llm_router.errors import ClassifierError, LLMUnavailable, ModelNotAvailable
+from llm_router.errors import ClassifierError, LLMUnavailable
 from llm_router.labels import LabelSet
+from llm_router.llm.budget import Budget
+from llm_router.llm.cache import CachedClassifier, DiskCache
+from llm_router.llm.ratelimit import RateLimiter
 from llm_router.prompts import load_prompt
-from llm_router.ratelimit import RateLimiter
 from llm_router.reasons import Reason
+from llm_router.registry import local_models
 from llm_router.schemas import Classification
 from llm_router.settings import CASCADE_THRESHOLD, Settings
 from llm_router.strategy import StrategyClassifier, StrategyName
 
 logger = logging.getLogger(__name__)
-
-MODEL_KINDS = ("bert", "tfidf")  # trained models, each in its own directory
-LOCAL_KINDS = (*MODEL_KINDS, "ensemble")  # ensemble: bert and tfidf averaged
 
 
 class Unavailable:
@@ -83,9 +81,9 @@ class LazyClassifier:
 class Chain:
     """The LLM link and the local models, by name, in the order the router tries them.
 
-    The router's first link is the LLM used as ``strategy`` says (:meth:`head`); the
-    evaluation builds every strategy from the same link, so they share its cache, budget,
-    rate limit and circuit breaker.
+    The router's first link is the LLM used as ``strategy`` says
+    (:meth:`strategy_classifier`); the evaluation builds every strategy from the same link,
+    so they share its cache, budget, rate limit and circuit breaker.
     """
 
     llm: Classifier
@@ -96,7 +94,7 @@ class Chain:
     shortlist_k: int = 8
     cascade_threshold: float = CASCADE_THRESHOLD
 
-    def head(self, strategy: StrategyName | None = None) -> StrategyClassifier:
+    def strategy_classifier(self, strategy: StrategyName | None = None) -> StrategyClassifier:
         """The LLM link used as ``strategy`` (default: the configured one)."""
         return StrategyClassifier(
             self.llm,  # type: ignore[arg-type]
@@ -107,7 +105,7 @@ class Chain:
         )
 
     def classifiers(self) -> list[Classifier]:
-        return [self.head(), *(self.local[name] for name in self.order)]
+        return [self.strategy_classifier(), *(self.local[name] for name in self.order)]
 
 
 def build_chain(
@@ -118,19 +116,22 @@ def build_chain(
 ) -> Chain:
     """The default chain: the (cached) LLM, then the local models in ``settings.fallbacks``.
 
-    With ``LLM_ROUTER_FALLBACKS`` unset, a local model whose manifest shows a lower test top-1
-    than another installed one (same split) does not go first. Every local kind is offered
-    (loaded lazily, on first use) so an evaluation can run each on its own; only those in the
-    order are in the router's chain.
+    With ``LLM_ROUTER_FALLBACKS`` unset, the trained kinds go in the registry's order, except
+    that one whose manifest shows a lower test top-1 than another installed one (same split)
+    does not go first. Every kind of the registry is offered (loaded lazily, on first use) so
+    an evaluation can run each on its own; only those in the order are in the router's chain.
     """
-    from fallback_models.artifacts import load_local_classifier
-
     order, labels = local_order(settings)
-    local = {
-        kind: LazyClassifier(kind, functools.partial(load_local_classifier, kind, settings, labels))
-        for kind in MODEL_KINDS
-    }
-    local["ensemble"] = LazyClassifier("ensemble", functools.partial(_ensemble, local))
+    models = local_models()
+    local: dict[str, LazyClassifier] = {}
+
+    def sibling(name: str) -> Classifier:
+        return local[name].get()
+
+    if models is not None:
+        for kind in models.kinds:
+            load = functools.partial(models.load, kind, settings, labels, sibling)
+            local[kind] = LazyClassifier(kind, load)
     return Chain(
         llm=llm_classifier(settings, labels, budget, limiter),
         local=local,
@@ -142,29 +143,20 @@ def build_chain(
     )
 
 
-def _ensemble(local: dict[str, LazyClassifier]) -> Classifier:
-    """BERT and TF-IDF averaged, sharing the instances the chain already loads."""
-    from fallback_models.ensemble import EnsembleClassifier
-
-    members = [local["bert"].get(), local["tfidf"].get()]
-    try:
-        return EnsembleClassifier(members)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ModelNotAvailable(str(exc), classifier="ensemble", reason="label_mismatch") from exc
-
-
 def local_order(settings: Settings) -> tuple[tuple[str, ...], LabelSet]:
     """The order the router tries its local models in, and the deployed label set (that of
     the first trained one). The router and the evaluation both read it here.
 
     With ``LLM_ROUTER_FALLBACKS`` unset, measured quality decides the order.
     """
-    from fallback_models.artifacts import deployed_label_set, order_by_quality
-
-    order: tuple[str, ...] = tuple(settings.fallbacks)
-    if "fallbacks" not in settings.model_fields_set:
-        order = order_by_quality(settings.model_dir, order)
-    return order, deployed_label_set(settings.model_dir, order)
+    models = local_models()
+    if models is None:
+        return (), LabelSet.full_taxonomy()
+    if settings.fallbacks is None:
+        order = models.order_by_quality(settings.model_dir, models.trained)
+    else:
+        order = settings.fallbacks
+    return order, models.label_set(settings.model_dir, order)
 
 
 def llm_classifier(
@@ -185,7 +177,7 @@ def llm_classifier(
                 reason=Reason.NO_API_KEY,
             )
         )
-    from llm_router.llm import LLMClassifier  # imports openai: only when there is a key
+    from llm_router.llm.client import LLMClassifier  # imports openai: only when there is a key
 
     llm = LLMClassifier(
         settings,

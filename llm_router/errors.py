@@ -8,16 +8,23 @@
     │   ├── LLMUnavailable       no key, timeout, connection error, 429/5xx after retries, 4xx
     │   ├── LLMResponseInvalid   output failed validation or the label is not allowed
     │   └── ModelNotAvailable    fallback artifact or optional dependency missing or refused
-    ├── AllClassifiersFailed     has .errors: list[ClassifierError], one per classifier
-    └── BudgetExceeded           a request would exceed the call, token or USD budget
+    └── AllClassifiersFailed     has .errors: list[ClassifierError], one per classifier
 
 ``reason`` is a short machine-readable word (a :class:`~llm_router.reasons.Reason`, or
 ``http_<status>``) that ends up in ``Classification.fallback_reason`` and in reports.
+:func:`reason_of` and :func:`spent_by` read it, and what the failed attempts cost, from any
+failure a caller holds; the corpus job, the service and the evaluation all use them.
+
+:class:`BudgetExceeded` is internal: the budget raises it before a request would go over a
+limit, and the LLM link turns it into ``LLMUnavailable(reason="budget")``, so a caller sees
+a fallback (or ``AllClassifiersFailed``), never this class.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from llm_router.reasons import Reason
 
 if TYPE_CHECKING:
     from llm_router.schemas import Usage
@@ -85,4 +92,24 @@ class AllClassifiersFailed(RouterError):
 
 
 class BudgetExceeded(RouterError):
-    """Sending one more request would exceed the request, token or USD budget."""
+    """Sending one more request would exceed the request, token or USD budget (internal: the
+    LLM link reports it as ``LLMUnavailable(reason="budget")``)."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """The short reason a row failed: ``invalid_input`` for a refused text, the first
+    classifier's reason for a whole chain, a classifier's own reason, else the class name."""
+    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
+        return Reason.INVALID_INPUT
+    if isinstance(exc, AllClassifiersFailed):
+        return exc.errors[0].reason if exc.errors else "failed"
+    if isinstance(exc, ClassifierError):
+        return exc.reason
+    return type(exc).__name__
+
+
+def spent_by(exc: BaseException) -> Usage | None:
+    """What the failed LLM attempts of a row spent (the first classifier's, for a chain)."""
+    if isinstance(exc, AllClassifiersFailed):
+        return exc.errors[0].usage if exc.errors else None
+    return exc.usage if isinstance(exc, ClassifierError) else None

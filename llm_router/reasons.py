@@ -24,6 +24,7 @@ class Reason(StrEnum):
     BAD_ARTIFACTS = "bad_artifacts"
     TAMPERED_ARTIFACTS = "tampered_artifacts"
     LABEL_MISMATCH = "label_mismatch"
+    INVALID_INPUT = "invalid_input"  # the text itself was refused (not a str, empty)
 
 
 class Decision(StrEnum):

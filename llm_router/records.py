@@ -1,8 +1,9 @@
 """Reading rows of records from local files: ``.jsonl``, ``.jsonl.gz``, ``.csv``, ``.parquet``.
 
 One reader for every consumer: the corpus job (:mod:`llm_router.corpus`) and the training
-data loader (:mod:`fallback_models.data`). Rows stream one at a time (parquet by record
-batch), so a corpus larger than memory can be read.
+data loader (:mod:`fallback_models.data`), with the two rules they must agree on: what an id
+is (:func:`normalise_id`) and what text a model sees (:func:`record_text`). Rows stream one
+at a time (parquet by record batch), so a corpus larger than memory can be read.
 """
 
 from __future__ import annotations
@@ -64,6 +65,32 @@ def read_records(path: Path, *, raw_lines: bool = False) -> Iterator[Any]:
         zlib.error,
     ) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def join_title(title: object, abstract: str) -> str:
+    """What the models see: ``title. abstract`` when there is a title, else the abstract."""
+    if isinstance(title, str) and title.strip() and abstract.strip():
+        return f"{title.strip()}. {abstract.strip()}"
+    return abstract
+
+
+def record_text(row: dict[str, Any], text_field: str, title_field: str | None) -> object:
+    """The text of a row as the models see it (:func:`join_title`); the raw value (None, a
+    number, ...) when the text is not a string, for the caller to reject."""
+    text = row.get(text_field)
+    if not isinstance(text, str):
+        return text
+    return join_title(row.get(title_field) if title_field else None, text)
+
+
+def normalise_id(value: object) -> str | None:
+    """An id as a string (integers as digits, strings untouched); None when null or empty."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    return text if text.strip() else None
 
 
 def parse_line(path: Path, line: str) -> dict[str, Any]:

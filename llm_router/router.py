@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, overload
 
-from llm_router.budget import Budget
 from llm_router.chain import LazyClassifier, Unavailable, build_chain, llm_classifier
 from llm_router.classifier import Classifier
 from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
 from llm_router.inputs import prepare_text
-from llm_router.ratelimit import RateLimiter
+from llm_router.llm.budget import Budget
+from llm_router.llm.ratelimit import RateLimiter
 from llm_router.reasons import Decision, Reason
 from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings

@@ -31,7 +31,6 @@ from llm_router.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 PREFIX = "LLM_ROUTER_"
-FallbackName = Literal["bert", "tfidf", "ensemble"]
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]+)?)$")
 CASCADE_THRESHOLD = 0.90
 _KEY_VARIABLES = ("LLM_ROUTER_API_KEY", "OPENROUTER_API_KEY")
@@ -78,7 +77,9 @@ class Settings(BaseSettings):
     cache: bool = True
     cache_dir: Path | None = None
     model_dir: Path = Path("models")
-    fallbacks: Annotated[tuple[FallbackName, ...], NoDecode] = ("bert", "tfidf")
+    # Local models in the order the router tries them (names from the registry of local
+    # model kinds); None: every trained kind, the better-measured first.
+    fallbacks: Annotated[tuple[str, ...] | None, NoDecode] = None
     # How the router uses the LLM: the full label list, a local top-K shortlist, or a
     # cascade that answers confident rows locally and sends the rest with the shortlist.
     strategy: Literal["llm", "shortlist", "cascade"] = "llm"
@@ -111,8 +112,16 @@ class Settings(BaseSettings):
     def _split_fallbacks(cls, value: object) -> object:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list | tuple) and len(set(value)) != len(value):
-            raise ValueError(f"each fallback may appear once, got {','.join(map(str, value))}")
+        if isinstance(value, list | tuple):
+            if len(set(value)) != len(value):
+                raise ValueError(f"each fallback may appear once, got {','.join(map(str, value))}")
+            from llm_router.registry import local_kinds
+
+            known = local_kinds()
+            unknown = [str(v) for v in value if v not in known]
+            if unknown:
+                names = ", ".join(known) or "none"
+                raise ValueError(f"unknown local model {', '.join(unknown)} (known: {names})")
         return value
 
     @field_validator("api_key", "server_token", mode="before")

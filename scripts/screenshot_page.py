@@ -15,7 +15,7 @@ import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-from llm_router.page import EXAMPLES
+from llm_router.service.page import EXAMPLES
 
 
 def main() -> None:

@@ -343,7 +343,7 @@ def test_credentials_in_the_base_url_stay_out_of_reports(env, server, tmp_path, 
 
 def test_strategy_figures_match_a_hand_counted_case():
     from eval.report import system_figures
-    from eval.systems import Outcome
+    from eval.systems import RowResult
 
     def row(
         truth,
@@ -358,7 +358,7 @@ def test_strategy_figures_match_a_hand_counted_case():
         decision=None,
         listed=(),
     ):
-        return Outcome(
+        return RowResult(
             row_id=truth + label,
             truth=truth,
             label=label,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from eval.metrics import expected_calibration_error
 from fallback_models.features import WordNgramTfidf
+from fallback_models.scoring import expected_calibration_error
 from fallback_models.tfidf import TfidfConfig, calibration_rows
 from fallback_models.train import prepare_dataset
 

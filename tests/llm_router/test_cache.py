@@ -119,7 +119,7 @@ def test_an_unwritable_cache_directory_is_bypassed(make_settings, server, tmp_pa
 
 
 def test_a_cached_label_outside_the_label_set_is_ignored(make_settings, server, tmp_path):
-    from llm_router.cache import DiskCache
+    from llm_router.llm.cache import DiskCache
 
     settings = make_settings()
     llm = llm_classifier(settings, LABELS)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_router.corpus import classify_file
+from llm_router.corpus.job import classify_file
+from llm_router.corpus.sink import COLUMNS
 from llm_router.records import DataError
-from llm_router.sink import COLUMNS
 from llm_router.testing import ChatServer, Reply
 from tests.conftest import TEST_KEY
 

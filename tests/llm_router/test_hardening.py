@@ -12,15 +12,15 @@ import time
 import pytest
 
 from llm_router import ConfigError, Router, Settings
-from llm_router.breaker import CircuitBreaker, Outcome
-from llm_router.budget import Budget, Price
-from llm_router.cache import DiskCache
 from llm_router.errors import AllClassifiersFailed
 from llm_router.labels import LabelSet
-from llm_router.ratelimit import RateLimiter
+from llm_router.llm.breaker import CircuitBreaker, Outcome
+from llm_router.llm.budget import Budget, Price
+from llm_router.llm.cache import DiskCache
+from llm_router.llm.ratelimit import RateLimiter
+from llm_router.llm.transport import parse_retry_after
 from llm_router.router import llm_classifier
 from llm_router.testing import ChatServer, Reply
-from llm_router.transport import parse_retry_after
 from tests.llm_router.helpers import FixedClassifier
 
 LABELS = LabelSet.full_taxonomy()

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_router import Router
-from llm_router.budget import Budget
 from llm_router.labels import LabelSet
+from llm_router.llm.budget import Budget
 from llm_router.router import llm_classifier
 from llm_router.testing import ChatServer, Reply
 from tests.conftest import TEST_KEY

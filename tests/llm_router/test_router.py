@@ -10,7 +10,7 @@ import pytest
 
 from llm_router import AllClassifiersFailed, Router, aroute, route
 from llm_router.labels import LabelSet
-from llm_router.ratelimit import RateLimiter
+from llm_router.llm.ratelimit import RateLimiter
 from llm_router.router import llm_classifier
 from llm_router.testing import Reply
 from tests.conftest import TEST_KEY

@@ -22,7 +22,7 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from llm_router import Router  # noqa: E402
-from llm_router.service import create_app  # noqa: E402
+from llm_router.service.app import create_app  # noqa: E402
 from llm_router.testing import Reply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

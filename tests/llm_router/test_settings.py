@@ -8,9 +8,10 @@ import pytest
 
 import llm_router
 from llm_router import ConfigError, Settings
+from llm_router.chain import local_order
 
 
-def test_defaults_match_the_contract():
+def test_defaults_match_the_contract(tmp_path):
     s = Settings()
     assert s.api_key is None
     assert s.endpoint == "https://openrouter.ai/api/v1"
@@ -18,7 +19,8 @@ def test_defaults_match_the_contract():
     assert s.structured_output == "json_schema"
     assert (s.timeout_s, s.max_attempts, s.rpm) == (30.0, 3, None)
     assert s.model_dir == Path("models")
-    assert s.fallbacks == ("bert", "tfidf")
+    assert s.fallbacks is None  # every trained kind, the better-measured first
+    assert local_order(s.model_copy(update={"model_dir": tmp_path}))[0] == ("bert", "tfidf")
     assert s.cache is True
 
 
@@ -89,40 +91,29 @@ def test_unknown_prompt_version_is_a_config_error(tmp_path):
 
 
 def test_public_api_is_exactly_all():
-    exported = {name for name in dir(llm_router) if not name.startswith("_")}
-    modules = {
-        "budget",
-        "breaker",
-        "cache",
-        "chain",
-        "reasons",
-        "redact",
-        "transport",
-        "classifier",
-        "errors",
-        "inputs",
-        "labels",
-        "llm",
-        "prompts",
-        "ratelimit",
-        "router",
-        "schemas",
-        "settings",
-        "taxonomy",
-        "testing",
-        "strategy",
-        "corpus",
-        "records",
-        "ray_engine",
-        "service",
-        "page",
-        "metrics",
-        "sink",
-        "middleware",
+    import inspect
+
+    exported = {
+        name
+        for name in dir(llm_router)
+        if not name.startswith("_") and not inspect.ismodule(getattr(llm_router, name))
     }
-    assert exported - modules == set(llm_router.__all__)
+    assert exported == set(llm_router.__all__)
     for name in ("route", "aroute", "Router", "Settings", "Classification", "RouterError"):
         assert name in llm_router.__all__
+    assert "classify_file" in llm_router.__all__
+
+
+def test_importing_the_library_does_not_load_the_corpus_job():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llm_router; print('llm_router.corpus.job' in sys.modules); "
+        "from llm_router import classify_file; print(classify_file.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "llm_router.corpus.job"]
 
 
 def test_importing_the_library_does_not_import_torch():

@@ -229,7 +229,7 @@ def test_an_answer_is_normalised_in_the_whole_label_space_before_the_shortlist_c
     labels = LabelSet(("math", "math.AG", "math.CO", "hep-th"), {"math.GM": "math"})
     server.script(Reply.answer("math.AG", raw=True), Reply.answer("math.AG", raw=True))
     settings = make_settings(structured_output="none")
-    from llm_router.llm import LLMClassifier
+    from llm_router.llm.client import LLMClassifier
     from llm_router.prompts import load_prompt
 
     llm = LLMClassifier(settings, labels, load_prompt("classify/v1"))

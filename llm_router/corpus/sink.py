@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llm_router.errors import AllClassifiersFailed, ClassifierError, RouterError
+from llm_router.errors import reason_of
 from llm_router.records import DataError
 from llm_router.schemas import Classification
 
@@ -42,6 +42,22 @@ COLUMNS = (
     "error",
 )
 OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+_ARROW_TYPES = {
+    "score": "float64",
+    "cost_usd": "float64",
+    "prompt_tokens": "int64",
+    "completion_tokens": "int64",
+}
+
+
+def arrow_schema(extra: dict[str, str] | None = None) -> Any:
+    """The pyarrow schema of OUTPUT's columns (strings but for the numbers), then ``extra``
+    columns (name → pyarrow type name) in order."""
+    import pyarrow as pa
+
+    extra = extra or {}
+    types = {**_ARROW_TYPES, **extra}
+    return pa.schema([(c, getattr(pa, types.get(c, "string"))()) for c in (*COLUMNS, *extra)])
 
 
 def output_row(item_id: str, result: Classification | Exception) -> dict[str, Any]:
@@ -67,16 +83,8 @@ def output_row(item_id: str, result: Classification | Exception) -> dict[str, An
 
 
 def error_text(exc: Exception) -> str:
-    """``invalid_input: ...`` or ``<reason>: ...`` on one line."""
-    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
-        kind = "invalid_input"
-    elif isinstance(exc, AllClassifiersFailed):
-        kind = exc.errors[0].reason if exc.errors else "failed"
-    elif isinstance(exc, ClassifierError):
-        kind = exc.reason
-    else:
-        kind = type(exc).__name__
-    return f"{kind}: {' '.join(str(exc).split())}"[:500]
+    """``<reason>: <message>`` on one line (``invalid_input: ...``, ``no_api_key: ...``)."""
+    return f"{reason_of(exc)}: {' '.join(str(exc).split())}"[:500]
 
 
 class Sink:
@@ -227,14 +235,7 @@ def merge_parquet(path: Path, parts: list[Path]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            (c, pa.float64() if c in ("score", "cost_usd") else pa.int64())
-            if c in ("score", "cost_usd", "prompt_tokens", "completion_tokens")
-            else (c, pa.string())
-            for c in COLUMNS
-        ]
-    )
+    schema = arrow_schema()
     tables = [pq.read_table(path).cast(schema)] if path.is_file() else []
     for part in parts:
         rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line]

@@ -1,4 +1,4 @@
-"""``--engine ray``: the corpus job of :mod:`llm_router.corpus` on Ray Data.
+"""``--engine ray``: the corpus job of :mod:`llm_router.corpus.job` on Ray Data.
 
 ```
 ray.data.read_text (jsonl, jsonl.gz: each line parsed as the local engine parses it)
@@ -10,10 +10,10 @@ The driver decides what is written, exactly as the local engine does: ids alread
 are skipped by the workers (nothing is sent for them), and the driver drops a repeated id
 (``duplicate_id``) when it merges the parts into the single OUTPUT file.
 
-Limits for the whole cluster: the LLM's requests per minute are handed out by one actor
-(:class:`SlotKeeper`), so ``--rpm`` holds for all workers together; the request, token and
-USD budgets are split evenly between the N workers (each gets 1/N), so their sum never goes
-over the total.
+Limits for the whole cluster: the LLM's requests per minute are handed out by one actor (a
+:class:`~llm_router.llm.ratelimit.Schedule`), so ``--rpm`` holds for all workers together;
+the request, token and USD budgets are split evenly between the N workers (each gets 1/N),
+so their sum never goes over the total.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llm_router.errors import ConfigError
-from llm_router.ratelimit import RateLimiter
+from llm_router.llm.ratelimit import RateLimiter, Schedule
 from llm_router.records import DataError, read_records
 
 logger = logging.getLogger(__name__)
@@ -46,46 +45,25 @@ def _ray() -> Any:
     return ray
 
 
-class SlotKeeper:
-    """Hands out request slots ``60 / rpm`` seconds apart, for every worker of a cluster
-    (run as a Ray actor); ``slow_down`` is a ``Retry-After`` seen by any of them."""
+class _ClusterSlots:
+    """The slots of one :class:`~llm_router.llm.ratelimit.Schedule` kept in a Ray actor, on
+    wall-clock time (``time.time``) so that every worker's machine reads them alike; a
+    ``Retry-After`` seen by any worker slows them all."""
 
-    def __init__(self, rpm: float | None, max_pause_s: float) -> None:
-        self.interval_s = 0.0 if rpm is None else 60.0 / rpm
-        self.max_pause_s = max_pause_s
-        self._next = 0.0
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
 
     def reserve(self) -> float:
-        """The wall-clock time (``time.time()``) at which the caller may send."""
-        now = time.time()
-        slot = max(now, self._next)
-        self._next = slot + self.interval_s
-        return slot
-
-    def slow_down(self, seconds: float) -> None:
-        self._next = max(self._next, time.time() + min(seconds, self.max_pause_s))
-
-
-class ClusterRateLimiter(RateLimiter):
-    """A :class:`~llm_router.ratelimit.RateLimiter` whose slots come from a SlotKeeper actor."""
-
-    def __init__(self, keeper: Any) -> None:
-        super().__init__(None)
-        self.keeper = keeper
-
-    def acquire(self, abort: Callable[[], bool] | None = None) -> float:
         import ray
 
-        slot = float(ray.get(self.keeper.reserve.remote()))
-        wait = max(0.0, slot - time.time())
-        while time.time() < slot:
-            if abort is not None and abort():
-                break
-            time.sleep(min(0.05, max(0.0, slot - time.time())))
-        return wait
+        return float(ray.get(self.actor.reserve.remote()))
 
     def slow_down(self, seconds: float) -> None:
-        self.keeper.slow_down.remote(seconds)
+        self.actor.slow_down.remote(seconds)
+
+
+def _cluster_limiter(actor: Any) -> RateLimiter:
+    return RateLimiter(slots=_ClusterSlots(actor), clock=time.time)
 
 
 class _Classify:
@@ -101,22 +79,24 @@ class _Classify:
         keeper: Any,
         concurrency: int,
     ) -> None:
-        from llm_router.budget import Budget
+        from llm_router.llm.budget import Budget
         from llm_router.router import Router
 
         self.kind = kind
         self.fields = fields
         self.done = done
         self.concurrency = concurrency
-        limiter = ClusterRateLimiter(keeper) if keeper is not None else None
+        limiter = _cluster_limiter(keeper) if keeper is not None else None
         self.router = Router.from_settings(settings, budget=Budget(**limits), limiter=limiter)
         self._lock = threading.Lock()
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from llm_router.corpus import normalise_id, text_of, usage_of
-        from llm_router.sink import output_row
+        from llm_router.corpus.sink import output_row
+        from llm_router.errors import spent_by
+        from llm_router.records import normalise_id, record_text
+        from llm_router.schemas import Classification
 
         rows = batch.to_pylist()
         if self.kind == "jsonl":
@@ -132,11 +112,14 @@ class _Classify:
                 out.append({"id": item_id, "_status": "skipped"})
             else:
                 todo.append(
-                    (item_id, text_of(row, self.fields["text_field"], self.fields["title_field"]))
+                    (
+                        item_id,
+                        record_text(row, self.fields["text_field"], self.fields["title_field"]),
+                    )
                 )
         results = self.router.classify_batch([t for _, t in todo], concurrency=self.concurrency)
         for (item_id, _), result in zip(todo, results, strict=True):
-            usage = usage_of(result)
+            usage = result.usage if isinstance(result, Classification) else spent_by(result)
             requests = usage.requests if usage is not None else 0
             out.append({**output_row(item_id, result), "_status": "row", "_requests": requests})
         columns = _schema()
@@ -144,15 +127,9 @@ class _Classify:
 
 
 def _schema() -> Any:
-    import pyarrow as pa
+    from llm_router.corpus.sink import arrow_schema
 
-    from llm_router.sink import COLUMNS
-
-    numeric = {"score": pa.float64(), "cost_usd": pa.float64()}
-    numeric.update({"prompt_tokens": pa.int64(), "completion_tokens": pa.int64()})
-    numeric["_requests"] = pa.int64()
-    names = (*COLUMNS, "_status", "_requests")
-    return pa.schema([(c, numeric.get(c, pa.string())) for c in names])
+    return arrow_schema({"_status": "string", "_requests": "int64"})
 
 
 def _dataset(ray: Any, path: Path, fields: dict[str, Any]) -> tuple[Any, str]:
@@ -188,8 +165,8 @@ def classify_file_ray(
     chunk_size: int,
 ) -> Any:
     """The corpus job on Ray Data; same OUTPUT, columns and summary as the local engine."""
-    from llm_router.corpus import Tally
-    from llm_router.sink import Sink
+    from llm_router.corpus.sink import Sink
+    from llm_router.corpus.tally import Tally
 
     ray = _ray()
     started = time.perf_counter()
@@ -220,7 +197,9 @@ def classify_file_ray(
     fields = {"text_field": text_field, "title_field": title_field, "id_field": id_field}
     keeper = None
     if settings.api_key is not None:
-        keeper = ray.remote(SlotKeeper).remote(settings.rpm, settings.retry_after_max_s)
+        keeper = ray.remote(Schedule).remote(
+            settings.rpm, max_pause_s=settings.retry_after_max_s, clock=time.time
+        )
     limits = {
         "max_requests": None if max_requests is None else max_requests // n,
         "max_tokens": None if max_tokens is None else max_tokens // n,
@@ -259,7 +238,7 @@ def classify_file_ray(
 
 def _merge(parts: list[Path], sink: Any, tally: Any) -> None:
     """Append the workers' rows to OUTPUT, dropping ids written before (duplicates)."""
-    from llm_router.sink import COLUMNS
+    from llm_router.corpus.sink import COLUMNS
 
     seen: set[str] = set()
     for part in parts:

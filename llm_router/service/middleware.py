@@ -15,7 +15,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 
-from llm_router.metrics import ServiceMetrics
+from llm_router.service.prometheus import ServiceMetrics
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 GUARDED_PREFIXES = ("/v1/", "/docs", "/openapi.json", "/redoc")

@@ -21,17 +21,17 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from llm_router.breaker import CircuitBreaker, Outcome
-from llm_router.budget import Budget, Reservation, trusted_cost
 from llm_router.errors import BudgetExceeded, ClassifierError, LLMResponseInvalid, LLMUnavailable
 from llm_router.labels import LabelSet
+from llm_router.llm.breaker import CircuitBreaker, Outcome
+from llm_router.llm.budget import Budget, Reservation, trusted_cost
+from llm_router.llm.ratelimit import RateLimiter
+from llm_router.llm.redact import redact_url
+from llm_router.llm.transport import AUTH_STATUS, Reply, post_chat
 from llm_router.prompts import Prompt, load_prompt
-from llm_router.ratelimit import RateLimiter
 from llm_router.reasons import Decision, Reason
-from llm_router.redact import redact_url
 from llm_router.schemas import Candidate, Classification, Usage
 from llm_router.settings import Settings
-from llm_router.transport import AUTH_STATUS, Reply, post_chat
 
 logger = logging.getLogger(__name__)
 

@@ -33,9 +33,11 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
-from llm_router.errors import ClassifierError, RouterError
-from llm_router.metrics import ServiceMetrics
-from llm_router.middleware import (
+from llm_router.errors import ClassifierError, RouterError, reason_of
+from llm_router.reasons import Reason
+from llm_router.router import Router
+from llm_router.schemas import Classification
+from llm_router.service.middleware import (
     Admission,
     BodyLimit,
     Guard,
@@ -43,8 +45,7 @@ from llm_router.middleware import (
     error_body,
     error_response,
 )
-from llm_router.router import Router
-from llm_router.schemas import Classification
+from llm_router.service.prometheus import ServiceMetrics
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class BatchRequest(BaseModel):
 
 
 def _row_error(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, TypeError | ValueError) and not isinstance(exc, RouterError):
+    if reason_of(exc) == Reason.INVALID_INPUT:
         return error_body("invalid_input", str(exc))
     if isinstance(exc, RouterError):
         return error_body("unavailable", str(exc))
@@ -237,7 +238,7 @@ def create_app(
     app.add_middleware(Guard, token=token, metrics=metrics, state=state)
     app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
     if ui:
-        from llm_router.page import mount_page
+        from llm_router.service.page import mount_page
 
         mount_page(app, lambda: state["router"], settings, token, metrics)
     return app

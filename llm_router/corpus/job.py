@@ -13,7 +13,7 @@ rows, so a job killed at any moment resumes where it stopped:
 
 With the LLM in play rows are answered ``concurrency`` at a time and written as they finish
 (so the output order may differ from the input's); without it the local models answer in
-vectorised chunks. ``--engine ray`` runs the same job on Ray Data (:mod:`llm_router.ray_engine`).
+vectorised chunks. ``--engine ray`` runs the same job on Ray Data (:mod:`.ray_engine`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import multiprocessing
 import os
 import re
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -38,58 +36,19 @@ from concurrent.futures import (
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, Field
-
-from llm_router.budget import Budget
-from llm_router.errors import AllClassifiersFailed, ClassifierError, ConfigError
-from llm_router.records import DataError, parse_line, read_records
+from llm_router.corpus.sink import OUTPUT_SUFFIXES, Sink, output_row
+from llm_router.corpus.tally import CorpusSummary, Tally
+from llm_router.errors import ConfigError
+from llm_router.llm.budget import Budget
+from llm_router.records import DataError, normalise_id, parse_line, read_records, record_text
 from llm_router.router import Router
-from llm_router.schemas import Classification, Usage
+from llm_router.schemas import Classification
 from llm_router.settings import Settings
-from llm_router.sink import OUTPUT_SUFFIXES, Sink, error_text, output_row
 
 logger = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
 Engine = Literal["local", "ray"]
-
-
-class CorpusSummary(BaseModel):
-    """What one run of :func:`classify_file` did (this run only, not earlier ones)."""
-
-    read: int = 0  # rows read from the input
-    classified: int = 0  # rows written with a label
-    skipped: int = 0  # ids already in the output: nothing sent
-    failed: int = 0  # rows written with an error, plus duplicate and missing ids
-    failed_by_reason: dict[str, int] = Field(default_factory=dict)
-    by_source: dict[str, int] = Field(default_factory=dict)
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    wall_s: float = 0.0
-    engine: str = "local"
-    output: str = ""
-    interrupted: bool = False
-
-    def line(self) -> str:
-        """The summary as ``key=value`` pairs on one line (the CLI's last stdout line)."""
-        pairs: list[tuple[str, object]] = [
-            ("read", self.read),
-            ("classified", self.classified),
-            ("skipped", self.skipped),
-            ("failed", self.failed),
-            ("requests", self.requests),
-            ("prompt_tokens", self.prompt_tokens),
-            ("completion_tokens", self.completion_tokens),
-            ("cost_usd", f"{self.cost_usd:.6f}"),
-            ("wall_s", f"{self.wall_s:.2f}"),
-        ]
-        pairs += [(f"source_{k}", v) for k, v in sorted(self.by_source.items())]
-        pairs += [(f"failed_{k}", v) for k, v in sorted(self.failed_by_reason.items())]
-        if self.interrupted:
-            pairs.append(("interrupted", "true"))
-        return " ".join(f"{k}={v}" for k, v in pairs)
 
 
 # -- input -----------------------------------------------------------------------------------
@@ -114,88 +73,7 @@ def check_paths(input_path: Path, output_path: Path) -> None:
         raise DataError("OUTPUT must not be the INPUT file")
 
 
-def text_of(row: dict[str, Any], text_field: str, title_field: str | None) -> object:
-    """The text the models see: ``title. abstract`` when there is a title (as in training);
-    the raw value (None, a number, ...) when the text is not a string."""
-    text = row.get(text_field)
-    if not isinstance(text, str):
-        return text
-    title = row.get(title_field) if title_field else None
-    if isinstance(title, str) and title.strip() and text.strip():
-        return f"{title.strip()}. {text.strip()}"
-    return text
-
-
-def normalise_id(value: object) -> str | None:
-    """An id as a string (integers as digits, strings untouched); None when null or empty."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value)
-    return text if text.strip() else None
-
-
 # -- the job ---------------------------------------------------------------------------------
-class Tally:
-    """Counts for the summary, and the progress bar's numbers, shared across threads."""
-
-    def __init__(self) -> None:
-        self.summary = CorpusSummary()
-        self.sources: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def fail(self, reason: str) -> None:
-        with self._lock:
-            self.failures[reason] += 1
-
-    def add(self, result: Classification | Exception) -> None:
-        with self._lock:
-            s = self.summary
-            usage = usage_of(result)
-            if usage is not None:
-                s.requests += usage.requests
-                s.prompt_tokens += usage.prompt_tokens
-                s.completion_tokens += usage.completion_tokens
-                s.cost_usd += usage.cost_usd or 0.0
-            if isinstance(result, Classification):
-                s.classified += 1
-                self.sources[result.source] += 1
-            else:
-                self.failures[error_text(result).split(":", 1)[0]] += 1
-
-    def add_row(self, row: dict[str, Any], requests: int = 0) -> None:
-        """Count an output row (from a worker process or a Ray actor)."""
-        with self._lock:
-            s = self.summary
-            s.requests += requests
-            s.prompt_tokens += row["prompt_tokens"] or 0
-            s.completion_tokens += row["completion_tokens"] or 0
-            s.cost_usd += row["cost_usd"] or 0.0
-            if row["error"]:
-                self.failures[row["error"].split(":", 1)[0]] += 1
-            else:
-                s.classified += 1
-                self.sources[row["source"]] += 1
-
-    def finish(self) -> CorpusSummary:
-        s = self.summary
-        s.by_source = dict(self.sources)
-        s.failed_by_reason = dict(self.failures)
-        s.failed = sum(self.failures.values())
-        return s
-
-
-def usage_of(result: Classification | Exception) -> Usage | None:
-    """What a row cost: its answer's usage, or what its failed LLM attempts spent."""
-    if isinstance(result, Classification):
-        return result.usage
-    if isinstance(result, AllClassifiersFailed):
-        return result.errors[0].usage if result.errors else None
-    return result.usage if isinstance(result, ClassifierError) else None
-
-
 class _Written(NamedTuple):
     """An input row whose id is already in OUTPUT, recognised without parsing the row."""
 
@@ -248,7 +126,7 @@ def iter_items(
         if item_id in done or isinstance(row, _Written):
             tally.summary.skipped += 1
             continue
-        yield Item(id=item_id, text=text_of(row, text_field, title_field))
+        yield Item(id=item_id, text=record_text(row, text_field, title_field))
 
 
 def classify_file(
@@ -298,7 +176,7 @@ def classify_file(
             raise ConfigError(f"--rpm must be positive, got {rpm}")
         settings = settings.model_copy(update={"rpm": rpm})
     if engine == "ray":
-        from llm_router.ray_engine import classify_file_ray
+        from llm_router.corpus.ray_engine import classify_file_ray
 
         summary: CorpusSummary = classify_file_ray(
             input_path,

@@ -18,15 +18,15 @@ from fastapi import FastAPI
 
 from llm_router.errors import ClassifierError, RouterError
 from llm_router.inputs import prepare_text
-from llm_router.metrics import ServiceMetrics
-from llm_router.middleware import ServerToken
+from llm_router.registry import local_models
 from llm_router.router import Router
 from llm_router.schemas import Classification
+from llm_router.service.middleware import ServerToken
+from llm_router.service.prometheus import ServiceMetrics
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-LOCAL_MODELS = ("tfidf", "bert")
 # Written for this page (not taken from any data set), one per arXiv group it shows off.
 EXAMPLES = [
     "We propose a convolutional network that segments street scenes into semantic classes in "
@@ -104,8 +104,10 @@ def build_page(
 ) -> gr.Blocks:
     """The Blocks of the page; ``get_router`` returns the service's router once it is built."""
 
+    trained = _trained_kinds()
+
     def run(text: str, given_token: str = "") -> tuple[Any, ...]:
-        hidden = [gr.update(visible=False)] * len(LOCAL_MODELS)
+        hidden = [gr.update(visible=False)] * len(trained)
         if not token.matches(given_token or ""):
             return ("⚠️ Enter the server's token to classify.", "", *hidden)
         router = get_router()
@@ -122,7 +124,7 @@ def build_page(
         if metrics is not None:
             metrics.classified(result)
         plots = []
-        for name in LOCAL_MODELS:
+        for name in trained:
             frame = _top5(router, name, prepare_text(text, router.max_input_chars))
             if frame is None:
                 plots.append(gr.update(visible=False))
@@ -155,12 +157,18 @@ def build_page(
                     visible=False,
                     elem_id=f"top5-{name}",
                 )
-                for name in LOCAL_MODELS
+                for name in trained
             ]
         button.click(run, inputs=[text, secret], outputs=[answer, llm, *plots])
         text.submit(run, inputs=[text, secret], outputs=[answer, llm, *plots])
     blocks: gr.Blocks = page
     return blocks
+
+
+def _trained_kinds() -> tuple[str, ...]:
+    """Each trained local model gets a top-5 plot (the registry says which kinds exist)."""
+    models = local_models()
+    return models.trained if models is not None else ()
 
 
 def mount_page(

@@ -1,0 +1,171 @@
+"""The one list of local model kinds: tfidf, bert and their ensemble.
+
+The router finds it through the ``llm_router.local_models`` entry point (``pyproject.toml``),
+so ``llm_router`` never imports this package; the training command and the evaluation read
+the same list here. A new kind is one :class:`Kind` added to :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fallback_models.artifacts import deployed_label_set, order_by_quality
+from llm_router.classifier import Classifier
+from llm_router.errors import ModelNotAvailable
+from llm_router.labels import LabelSet
+from llm_router.reasons import Reason
+from llm_router.settings import Settings
+
+if TYPE_CHECKING:
+    from fallback_models.train import Dataset
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader gets: its directory, the settings, and the chain's other kinds."""
+
+    directory: Path
+    settings: Settings
+    sibling: Callable[[str], Classifier]
+
+
+Loader = Callable[[LoadContext], Classifier]
+# dataset, output directory, the training command's options → the saved model's manifest
+Trainer = Callable[["Dataset", Path, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A local model kind: its name, how it loads, and whether ``train`` builds it in
+    ``<model_dir>/<name>/`` (a composed kind, such as the ensemble, is built from others)."""
+
+    name: str
+    load: Loader
+    train: Trainer | None = None  # None: composed from other kinds, never trained itself
+
+    @property
+    def trained(self) -> bool:
+        return self.train is not None
+
+
+def _load_tfidf(context: LoadContext) -> Classifier:
+    from fallback_models.tfidf import TfidfClassifier
+
+    return TfidfClassifier.load(context.directory)
+
+
+def _load_bert(context: LoadContext) -> Classifier:
+    from fallback_models.bert import BertClassifier
+
+    return BertClassifier.load(context.directory, device=context.settings.device)
+
+
+def _load_ensemble(context: LoadContext) -> Classifier:
+    """BERT and TF-IDF averaged, sharing the instances the chain already loaded."""
+    from fallback_models.ensemble import EnsembleClassifier
+
+    members = [context.sibling("bert"), context.sibling("tfidf")]
+    try:
+        return EnsembleClassifier(members)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ModelNotAvailable(
+            str(exc), classifier="ensemble", reason=Reason.LABEL_MISMATCH
+        ) from exc
+
+
+def _train_tfidf(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    from fallback_models.tfidf import TfidfConfig
+    from fallback_models.train import train_tfidf
+
+    config = TfidfConfig(seed=options["seed"])
+    if options.get("calibration"):
+        config = replace(config, calibration=options["calibration"])
+    return train_tfidf(dataset, out, config)
+
+
+def _train_bert(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    from fallback_models.bert import BertConfig, default_base_model
+    from fallback_models.train import train_bert
+
+    config = BertConfig(
+        base_model=options.get("base") or default_base_model(),
+        max_length=options["max_length"],
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        learning_rate=options["lr"],
+        seed=options["seed"],
+    )
+    return train_bert(
+        dataset,
+        out,
+        config,
+        device=options.get("device"),
+        max_train_rows=options.get("max_train_rows"),
+        max_test_rows=options.get("max_test_rows"),
+    )
+
+
+# The order is the default chain's (before measured quality reorders it).
+KINDS = (
+    Kind("bert", _load_bert, _train_bert),
+    Kind("tfidf", _load_tfidf, _train_tfidf),
+    Kind("ensemble", _load_ensemble),  # bert and tfidf averaged
+)
+
+
+class FallbackModels:
+    """:data:`KINDS` as the core's :class:`~llm_router.registry.LocalModels`."""
+
+    def __init__(self, kinds: Sequence[Kind]) -> None:
+        self.by_name = {kind.name: kind for kind in kinds}
+        self.kinds = tuple(self.by_name)
+        self.trained = tuple(kind.name for kind in kinds if kind.trained)
+
+    def train(
+        self, kind: str, dataset: Dataset, out: Path, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Train ``kind`` on ``dataset`` into ``out``; returns the saved manifest."""
+        trainer = self.by_name[kind].train
+        if trainer is None:
+            raise ValueError(f"{kind} is not trained on its own")
+        return trainer(dataset, out, options)
+
+    def load(
+        self,
+        kind: str,
+        settings: Settings,
+        labels: LabelSet,
+        sibling: Callable[[str], Classifier],
+    ) -> Classifier:
+        """Load and verify one local model; it must answer in the deployed label set.
+
+        Raises:
+            ModelNotAvailable: artifacts missing or refused, a dependency missing, or a
+                model trained on another label set.
+        """
+        if kind not in self.by_name:
+            raise ModelNotAvailable(
+                f"unknown local model {kind!r}", classifier=kind, reason="unknown"
+            )
+        directory = settings.model_dir / kind
+        model = self.by_name[kind].load(LoadContext(directory, settings, sibling))
+        own = getattr(model, "labels", None)
+        if isinstance(own, LabelSet) and own.labels != labels.labels:
+            raise ModelNotAvailable(
+                f"{kind} model at {directory} was trained on a different label set; retrain it",
+                classifier=kind,
+                reason=Reason.LABEL_MISMATCH,
+            )
+        return model
+
+    def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
+        return deployed_label_set(model_dir, (*order, *self.trained))
+
+    def order_by_quality(self, model_dir: Path, order: Sequence[str]) -> tuple[str, ...]:
+        return order_by_quality(model_dir, order)
+
+
+MODELS = FallbackModels(KINDS)

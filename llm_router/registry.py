@@ -1,0 +1,75 @@
+"""Local model kinds, reached through one registry: the core never imports them by name.
+
+A package of local models publishes one :class:`LocalModels` object under the entry-point
+group ``llm_router.local_models`` (``fallback_models`` does, in ``pyproject.toml``), as
+simonw/llm's plugins do; the chain, the settings, the page and the evaluation ask it which
+kinds exist, in what order to try them, and how to load one. Without such a package the
+router has no local model: the LLM alone answers, in the full arXiv label space.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from llm_router.classifier import Classifier
+    from llm_router.labels import LabelSet
+    from llm_router.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "llm_router.local_models"
+
+
+class LocalModels(Protocol):
+    """What the core needs to know of the local models."""
+
+    kinds: tuple[str, ...]  # every kind, trained or composed (``ensemble``)
+    trained: tuple[str, ...]  # kinds trained into ``<model_dir>/<kind>/``; the default chain
+
+    def load(
+        self,
+        kind: str,
+        settings: Settings,
+        labels: LabelSet,
+        sibling: Callable[[str], Classifier],
+    ) -> Classifier:
+        """Load ``kind``, answering in ``labels``; ``sibling(name)`` gives another kind
+        already loaded by the same chain (an ensemble's members).
+
+        Raises:
+            ModelNotAvailable: artifacts missing or refused, a dependency missing.
+        """
+        ...
+
+    def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
+        """The deployed label set: that of the first trained kind of ``order``."""
+        ...
+
+    def order_by_quality(self, model_dir: Path, order: Sequence[str]) -> tuple[str, ...]:
+        """``order`` with a kind measured worse never before a better one."""
+        ...
+
+
+@functools.cache
+def local_models() -> LocalModels | None:
+    """The installed local models (the first entry point of the group), or None."""
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        found: LocalModels = entry.load()
+        return found
+    logger.warning(
+        "no local models are installed (entry point group %s): the LLM alone answers",
+        ENTRY_POINT_GROUP,
+    )
+    return None
+
+
+def local_kinds() -> tuple[str, ...]:
+    """Every local model kind the registry offers (empty without one)."""
+    models = local_models()
+    return models.kinds if models is not None else ()
