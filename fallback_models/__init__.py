@@ -1,5 +1,7 @@
-"""Local models the router falls back to: TF-IDF + linear SVM, and a fine-tuned BERT.
+"""Local models the router falls back to: a TF-IDF model (a regression and two small
+networks over word n-grams), a BERT-family encoder, and their ensemble.
 
-Heavy imports (scikit-learn, torch, transformers) happen inside the submodules that need
-them, so importing this package is cheap.
+:mod:`.registry` lists the kinds (the router finds it through an entry point); heavy
+imports (scikit-learn, torch, transformers) happen inside the submodules that need them,
+so importing this package is cheap.
 """

@@ -42,7 +42,10 @@ class Classification(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     label: str
-    source: str = Field(description='"llm", "bert" or "tfidf": the classifier that answered')
+    source: str = Field(
+        description='the classifier that answered: "llm", or a local model kind '
+        '("bert", "tfidf", "ensemble")'
+    )
     cached: bool = False
     candidates: list[Candidate] = Field(default_factory=list)
     fallback_reason: str | None = None

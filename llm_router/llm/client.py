@@ -227,9 +227,10 @@ class LLMClassifier:
     def classify(self, text: str, *, shortlist: Sequence[str] | None = None) -> Classification:
         """Ask the model for one label; raises a ClassifierError when it cannot give one.
 
-        With ``shortlist``, the model is offered only those labels (plus "none of these");
-        "none" widens the question to the full list once. The error carries ``usage``: what
-        the failed attempts spent.
+        With ``shortlist``, the model is offered only those labels. Only with
+        ``LLM_ROUTER_SHORTLIST_WIDEN=true`` is "none of these" offered too, and then "none"
+        widens the question to the full list once; by default the shortlist is strict. The
+        error carries ``usage``: what the failed attempts spent.
         """
         started = time.perf_counter()
         text = text[: self.settings.max_input_chars]  # the label only needs the start
