@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fallback_models.bert import MODES, BertConfig
 from fallback_models.data import HF_DATASET, DataError
 from fallback_models.registry import MODELS
 from llm_router.console import Parser, fail, setup_logging
@@ -46,15 +47,34 @@ def _parser(prog: str) -> Parser:
         choices=["random", "latest"],
         help="which held-out training rows fit the temperatures (default: the config's)",
     )
-    bert = train.add_argument_group("bert")
+    bert = train.add_argument_group(
+        "bert",
+        "on a CPU the encoder stays frozen and a head is trained on its vectors (cached on "
+        "disk); on a GPU the whole encoder is fine-tuned",
+    )
+    defaults = BertConfig()
     bert.add_argument("--base", help="base checkpoint: hub id or local directory")
-    bert.add_argument("--epochs", type=float, default=2.0)
-    bert.add_argument("--batch-size", type=int, default=32)
-    bert.add_argument("--lr", type=float, default=1e-4)
-    bert.add_argument("--max-length", type=int, default=256)
+    bert.add_argument("--mode", choices=MODES, default=defaults.mode, help="default: auto")
     bert.add_argument("--device", help="torch device (default: cuda when available)")
-    bert.add_argument("--max-train-rows", type=int, help="train on a seeded subset (CPU)")
-    bert.add_argument("--max-test-rows", type=int, help="evaluate on a seeded subset (CPU)")
+    bert.add_argument("--max-length", type=int, default=defaults.max_length)
+    bert.add_argument(
+        "--max-train-rows",
+        type=int,
+        default=defaults.max_train_rows,
+        help=f"frozen: rows embedded for the head (default {defaults.max_train_rows}; "
+        "0 for every training row)",
+    )
+    bert.add_argument("--hidden", type=int, default=defaults.hidden, help="frozen: head width")
+    bert.add_argument("--head-epochs", type=int, default=defaults.head_epochs)
+    bert.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="frozen: where the vectors of training rows are kept "
+        "(default: LLM_ROUTER_CACHE_DIR's sibling 'embeddings', ~/.cache/llm-router/embeddings)",
+    )
+    bert.add_argument("--epochs", type=float, default=defaults.epochs, help="finetune")
+    bert.add_argument("--batch-size", type=int, default=defaults.batch_size, help="finetune")
+    bert.add_argument("--lr", type=float, default=defaults.learning_rate, help="finetune")
     info = sub.add_parser("info", help="print a model directory's manifest")
     info.add_argument("directory", type=Path)
     return parser
@@ -75,6 +95,14 @@ def _summary(manifest: dict[str, Any]) -> str:
         "most confused: "
         + ", ".join(f"{c['true']}→{c['predicted']} ×{c['count']}" for c in m["confused_pairs"][:5]),
     ]
+    ensemble = manifest.get("ensemble")
+    if ensemble:
+        e = ensemble["metrics"]
+        lines.append(
+            f"ensemble with tfidf (weights {ensemble['weights']}, T {ensemble['temperature']:.2f}, "
+            f"fitted on {ensemble['fitted_on_rows']:,} held-out training rows): "
+            f"top-1 {e['top1']:.4f}  top-5 {e['top5']:.4f}  ECE {e['ece']:.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -113,7 +141,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fallback_model
             f"train {len(dataset.train_idx):,} / test {len(dataset.test_idx):,}",
             file=sys.stderr,
         )
-        manifest = MODELS.train(args.kind, dataset, out, vars(args))
+        settings = Settings()
+        options = vars(args)
+        options["cache_dir"] = args.cache_dir or settings.resolved_cache_dir().parent / "embeddings"
+        manifest = MODELS.train(args.kind, dataset, out, options)
     except (DataError, RouterError) as exc:
         return fail(exc)
     except KeyboardInterrupt:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,23 @@ def library_versions(*names: str) -> dict[str, str]:
     return found
 
 
-def clear_directory(directory: Path) -> None:
-    """Create ``directory``, or empty it of files before a model is saved there."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.iterdir():
-        if stale.is_file():
-            stale.unlink()
+@contextmanager
+def staged_directory(directory: Path) -> Iterator[Path]:
+    """A fresh sibling folder to write a model into. When the block ends without an error it
+    takes the place of ``directory`` by renames (the old model is removed only then); when
+    it does not (Ctrl-C, a crash, an error) it is removed and ``directory`` is as it was."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    retired = directory.with_name(f".{directory.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+    if directory.exists():
+        os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_manifest(directory: Path, kind: str, labels: LabelSet, **fields: Any) -> dict[str, Any]:
@@ -146,10 +161,26 @@ def deployed_label_set(model_dir: Path, kinds: Iterable[str]) -> LabelSet:
     return LabelSet.full_taxonomy()
 
 
-def order_by_quality(model_dir: Path, kinds: Iterable[str]) -> tuple[str, ...]:
+def quality(manifest: dict[str, Any]) -> tuple[float, tuple[str, str]]:
+    """A manifest's measured test top-1, and the split it was measured on (data, test ids).
+
+    Raises:
+        KeyError, TypeError, ValueError: the manifest lacks them.
+    """
+    split = manifest["split"]
+    ids = hashlib.sha256("\n".join(sorted(split["test_ids"])).encode()).hexdigest()
+    return float(manifest["metrics"]["top1"]), (str(manifest["data"]["sha256"]), ids)
+
+
+def order_by_quality(
+    model_dir: Path,
+    kinds: Iterable[str],
+    measured: dict[str, tuple[float, tuple[str, str]]] | None = None,
+) -> tuple[str, ...]:
     """``kinds`` reordered so that a model whose manifest shows a lower test top-1 never goes
     before another installed one evaluated on the same split (same data and test ids).
 
+    ``measured`` gives the quality of kinds without a directory of their own (an ensemble).
     Kinds without a trained model, or not comparable, keep their given order (a stable sort).
     """
     kinds = tuple(kinds)
@@ -157,14 +188,14 @@ def order_by_quality(model_dir: Path, kinds: Iterable[str]) -> tuple[str, ...]:
     splits = set()
     for kind in kinds:
         try:
-            manifest = read_manifest(model_dir / kind, kind)
-            top1 = float(manifest["metrics"]["top1"])
-            split = manifest["split"]
-            ids = hashlib.sha256("\n".join(sorted(split["test_ids"])).encode()).hexdigest()
-            splits.add((manifest["data"]["sha256"], ids))
+            if measured is not None and kind in measured:
+                top1, split = measured[kind]
+            else:
+                top1, split = quality(read_manifest(model_dir / kind, kind))
         except (ModelNotAvailable, KeyError, TypeError, ValueError):
             continue
         scores[kind] = top1
+        splits.add(split)
     if len(scores) < 2 or len(splits) != 1:
         return kinds
     best_first = sorted(scores, key=lambda k: -scores[k])

@@ -1,34 +1,47 @@
-"""BertClassifier: a fine-tuned BERT-family encoder (transformers + torch, imported lazily).
+"""BertClassifier: a BERT-family encoder with a classification head (torch, imported lazily).
 
-Weights are stored as safetensors with the tokenizer's JSON files, listed in the manifest;
-loading refuses anything else. Trains with mixed precision on a GPU when there is one.
+Two ways to train it, chosen from the device (``BertConfig.mode="auto"``):
+
+- **frozen** (a CPU): the encoder is used as it is (:class:`~fallback_models.encoder.Encoder`,
+  mean-pooled), and only a small network on its vectors is trained. Embedding is the cost, so
+  the vectors of training rows are cached on disk (:class:`~fallback_models.encoder.
+  EmbeddingCache`); the head trains in seconds. Stored as the encoder's safetensors and
+  tokenizer files plus ``head.npz``.
+- **finetune** (a GPU): the whole encoder and a linear head are trained end to end, in bf16.
+  Stored as a transformers sequence-classification checkpoint (safetensors).
+
+Either way the probabilities carry a temperature fitted on held-out training rows. Loading
+refuses anything the manifest does not list; models saved before the frozen path existed
+(fine-tuned checkpoints) still load.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
+from fallback_models.artifacts import staged_directory, verify_artifacts, write_manifest
+from fallback_models.encoder import EmbeddingCache, Encoder, pick_device, require_torch
+from fallback_models.scoring import fit_temperature, log_softmax
 from fallback_models.topk import TOP_K, classify_timed
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
 from llm_router.schemas import Classification
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger(__name__)
 
 HUB_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+HEAD_FILE = "head.npz"
+MODES = ("auto", "frozen", "finetune")
 
 
 def default_base_model() -> str:
@@ -44,56 +57,143 @@ def default_base_model() -> str:
 
 @dataclass(frozen=True)
 class BertConfig:
-    """Fine-tuning hyper-parameters."""
+    """Training settings. ``mode="auto"``: ``finetune`` on a GPU, ``frozen`` on a CPU."""
 
     base_model: str = HUB_BASE
-    max_length: int = 256
+    mode: str = "auto"
+    max_length: int = 128
+    seed: int = 42
+    # frozen: rows embedded for the head (None: every training row; the default fits about
+    # 25 minutes on 2 CPU cores, BENCHMARKS.md), and the head itself
+    max_train_rows: int | None = 20_000
+    hidden: int = 1024
+    head_epochs: int = 20
+    head_learning_rate: float = 1e-3
+    head_dropout: float = 0.3
+    # finetune
     epochs: float = 2.0
     batch_size: int = 32
     learning_rate: float = 1e-4
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
-    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    def resolved_mode(self, device: str) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "finetune" if device.startswith("cuda") else "frozen"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """A saved config; keys this version does not know (or no longer uses) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def _require_torch() -> Any:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise ModelNotAvailable(
-            "the BERT fallback needs torch and transformers: pip install -e '.[bert]'",
-            classifier="bert",
-            reason="missing_dependency",
-        ) from exc
-    transformers.logging.set_verbosity_error()
-    return torch
+class Head:
+    """A one-hidden-layer network on standardised encoder vectors, in numpy for inference."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], temperature: float = 1.0) -> None:
+        self.arrays = arrays
+        self.temperature = temperature
+
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        x = (vectors - a["mean"]) / a["scale"]
+        hidden = x @ a["w1"] + a["b1"]
+        hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))  # GELU, as trained
+        result: np.ndarray = hidden @ a["w2"] + a["b2"]
+        return result
+
+    def log_proba(self, vectors: np.ndarray) -> np.ndarray:
+        return log_softmax(self.logits(vectors) / self.temperature)
+
+    @classmethod
+    def train(
+        cls,
+        vectors: np.ndarray,
+        y: np.ndarray,
+        n_labels: int,
+        config: BertConfig,
+        progress: Callable[[str], None] | None = None,
+    ) -> Head:
+        torch = require_torch()
+        torch.manual_seed(config.seed)
+        mean = vectors.mean(axis=0)
+        scale = vectors.std(axis=0) + 1e-6
+        x = torch.tensor((vectors - mean) / scale, dtype=torch.float32)
+        target = torch.tensor(y, dtype=torch.long)
+        net = torch.nn.Sequential(
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(x.shape[1], config.hidden),
+            torch.nn.GELU(),
+            torch.nn.Dropout(config.head_dropout),
+            torch.nn.Linear(config.hidden, n_labels),
+        )
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.head_learning_rate)
+        generator = torch.Generator().manual_seed(config.seed)
+        net.train()
+        for epoch in range(config.head_epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 128):
+                batch = order[start : start + 128]
+                loss = torch.nn.functional.cross_entropy(net(x[batch]), target[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if progress is not None:
+                progress(f"head epoch {epoch + 1}/{config.head_epochs}")
+        first, second = net[1], net[4]
+        return cls(
+            {
+                "mean": mean.astype(np.float32),
+                "scale": scale.astype(np.float32),
+                "w1": first.weight.detach().numpy().T.copy(),
+                "b1": first.bias.detach().numpy().copy(),
+                "w2": second.weight.detach().numpy().T.copy(),
+                "b2": second.bias.detach().numpy().copy(),
+            }
+        )
 
 
-def pick_device(requested: str | None = None) -> str:
-    torch = _require_torch()
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    result: np.ndarray = erf(x)
+    return result
 
 
 class BertClassifier:
-    """Sequence classification over the deployed labels; batched inference."""
+    """Batched inference over the deployed labels, with either kind of stored model."""
 
     name = "bert"
 
     def __init__(
-        self, labels: LabelSet, model: Any, tokenizer: Any, config: BertConfig, device: str
-    ):
+        self,
+        labels: LabelSet,
+        config: BertConfig,
+        device: str,
+        *,
+        encoder: Encoder | None = None,
+        head: Head | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
         self.labels = labels
-        self.model = model
-        self.tokenizer = tokenizer
-        # A fast tokenizer sets its padding/truncation state on every call and is not
-        # thread-safe ("Already borrowed", huggingface/tokenizers#537): one call at a time.
-        self._tokenizer_lock = threading.Lock()
         self.config = config
         self.device = device
+        self.encoder = encoder  # frozen
+        self.head = head
+        self.model = model  # finetune: a sequence-classification model
+        self.tokenizer = tokenizer
+        self.temperature = head.temperature if head is not None else 1.0
+        # A fast tokenizer is not thread-safe ("Already borrowed", huggingface/tokenizers#537).
+        self._tokenizer_lock = threading.Lock()
         self.metrics: dict[str, Any] = {}
+        self.ensemble: dict[str, Any] | None = None  # the fitted pool with a TF-IDF model
 
     # -- training ---------------------------------------------------------------------------
     @classmethod
@@ -104,21 +204,50 @@ class BertClassifier:
         labels: LabelSet,
         config: BertConfig | None = None,
         device: str | None = None,
-        progress: Callable[[int, int, float], None] | None = None,
+        progress: Callable[[str], None] | None = None,
+        *,
+        calibration: tuple[Sequence[str], Sequence[str]] | None = None,
+        cache_dir: Path | None = None,
     ) -> BertClassifier:
-        """Fine-tune ``config.base_model`` (a hub id or a local directory) on the texts.
+        """Train on ``texts``; ``calibration`` (held-out texts and targets) fits the
+        temperature; ``cache_dir`` keeps the frozen path's vectors for the next run."""
+        config = config or BertConfig()
+        device = pick_device(device)
+        y = np.array([labels.index(t) for t in targets])
+        if config.resolved_mode(device) == "finetune":
+            model = cls._finetune(texts, y, labels, config, device, progress)
+        else:
+            encoder = Encoder(Path(config.base_model), max_length=config.max_length, device=device)
+            vectors = embed_cached(encoder, texts, cache_dir, "training rows")
+            if progress is not None:
+                progress(f"training the head on {len(texts):,} vectors")
+            head = Head.train(vectors, y, len(labels), config, progress)
+            model = cls(labels, config, device, encoder=encoder, head=head)
+        if calibration is not None and len(calibration[0]):
+            if progress is not None:
+                progress(f"calibrating on {len(calibration[0]):,} held-out rows")
+            held_out = np.array([labels.index(t) for t in calibration[1]])
+            model.calibrate(model.logits(calibration[0], cache_dir=cache_dir), held_out)
+        return model
 
-        ``progress(step, total_steps, loss)`` is called after every optimiser step.
-        """
-        torch = _require_torch()
+    @classmethod
+    def _finetune(
+        cls,
+        texts: Sequence[str],
+        y: np.ndarray,
+        labels: LabelSet,
+        config: BertConfig,
+        device: str,
+        progress: Callable[[str], None] | None,
+    ) -> BertClassifier:
+        """End to end: every weight of the encoder and a linear head (bf16 on a GPU)."""
+        torch = require_torch()
         from transformers import (
             AutoModelForSequenceClassification,
             AutoTokenizer,
             get_linear_schedule_with_warmup,
         )
 
-        config = config or BertConfig()
-        device = pick_device(device)
         torch.manual_seed(config.seed)
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.base_model)
@@ -136,10 +265,9 @@ class BertClassifier:
                 reason="missing_base_model",
             ) from exc
         model.to(device)
-        y = torch.tensor([labels.index(t) for t in targets])
+        target = torch.tensor(y)
         rng = np.random.default_rng(config.seed)
-        steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-        total = max(1, int(steps_per_epoch * config.epochs))
+        total = max(1, int(math.ceil(len(texts) / config.batch_size) * config.epochs))
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -163,23 +291,40 @@ class BertClassifier:
                     return_tensors="pt",
                 ).to(device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    out = model(**batch, labels=y[idx].to(device))
+                    out = model(**batch, labels=target[idx].to(device))
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                if progress is not None:
-                    progress(step, total, float(out.loss.detach()))
+                if progress is not None and (step % 50 == 0 or step == total):
+                    progress(f"step {step}/{total}, loss {float(out.loss.detach()):.3f}")
         model.eval()
-        return cls(labels, model, tokenizer, config, device)
+        return cls(labels, config, device, model=model, tokenizer=tokenizer)
+
+    def calibrate(self, logits: np.ndarray, y: np.ndarray) -> None:
+        """Fit the temperature on held-out logits (untempered)."""
+        self.temperature = fit_temperature(logits, y)
+        if self.head is not None:
+            self.head.temperature = self.temperature
 
     # -- inference --------------------------------------------------------------------------
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Probabilities, shape (len(texts), len(labels)), columns in label order."""
-        torch = _require_torch()
-        # Sorting by length keeps padding small; the order is restored at the end.
+    def logits(
+        self, texts: Sequence[str], batch_size: int = 64, cache_dir: Path | None = None
+    ) -> np.ndarray:
+        """Untempered logits, shape (len(texts), len(labels)), columns in label order."""
+        if self.head is not None and self.encoder is not None:
+            vectors = (
+                embed_cached(self.encoder, texts, cache_dir, "held-out rows")
+                if cache_dir is not None
+                else self.encoder.embed(texts, batch_size)
+            )
+            return self.head.logits(vectors)
+        return self._finetuned_logits(texts, batch_size)
+
+    def _finetuned_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        torch = require_torch()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
@@ -197,9 +342,22 @@ class BertClassifier:
                 with torch.autocast(
                     device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")
                 ):
-                    logits = self.model(**batch).logits
-                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                    out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out
+
+    def log_proba_cached(self, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+        """:meth:`log_proba` with the frozen encoder's vectors read from (and added to) the
+        embedding cache: for held-out and test rows at training time."""
+        return log_softmax(self.logits(texts, cache_dir=cache_dir) / self.temperature)
+
+    def log_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Calibrated log-probabilities (the ensemble pools these)."""
+        return log_softmax(self.logits(texts, batch_size) / self.temperature)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Calibrated probabilities, shape (len(texts), len(labels)), in label order."""
+        proba: np.ndarray = np.exp(self.log_proba(texts, batch_size))
+        return proba
 
     def classify_batch(self, texts: Sequence[str], top_k: int = TOP_K) -> list[Classification]:
         model = f"bert:{Path(self.config.base_model).name}"
@@ -212,13 +370,21 @@ class BertClassifier:
 
     # -- storage ----------------------------------------------------------------------------
     def save(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
-        """Write safetensors weights, tokenizer JSON files and the manifest."""
-        import json
+        """Write safetensors weights, tokenizer JSON files, the head and the manifest (in a
+        sibling folder, swapped in when complete)."""
+        with staged_directory(directory) as staging:
+            return self._write(staging, **manifest_fields)
 
-        clear_directory(directory)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        (directory / "bert_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+    def _write(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
+        if self.head is not None and self.encoder is not None:
+            self.encoder.save(directory)
+            arrays = {**self.head.arrays, "temperature": np.asarray(self.temperature)}
+            np.savez(directory / HEAD_FILE, **arrays)  # type: ignore[arg-type]
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        config = {**asdict(self.config), "temperature": self.temperature}
+        (directory / "bert_config.json").write_text(json.dumps(config, indent=2))
         unsafe = [p.name for p in directory.iterdir() if p.suffix in {".bin", ".pt", ".pkl"}]
         if unsafe:
             raise ModelNotAvailable(
@@ -231,29 +397,54 @@ class BertClassifier:
         """Verify the directory against its manifest, then load safetensors weights only.
 
         Raises:
-            ModelNotAvailable: artifacts missing or tampered, or torch/transformers missing.
+            ModelNotAvailable: artifacts missing or tampered, torch/transformers missing, or
+                a device torch cannot use.
         """
         manifest = verify_artifacts(directory, "bert")
-        _require_torch()
-        import json
-
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+        require_torch()
         device = pick_device(device)
         try:
             labels = LabelSet.from_dict(manifest["label_set"])
-            config = BertConfig(**json.loads((directory / "bert_config.json").read_text()))
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                directory, use_safetensors=True
-            )
+            saved = json.loads((directory / "bert_config.json").read_text())
+            config = BertConfig.from_dict(saved)
+            if (directory / HEAD_FILE).is_file():
+                with np.load(directory / HEAD_FILE, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files if k != "temperature"}
+                    temperature = float(data["temperature"])
+                encoder = Encoder(directory, max_length=config.max_length, device=device)
+                model = cls(labels, config, device, encoder=encoder, head=Head(arrays, temperature))
+            else:  # a fine-tuned checkpoint (also every model saved before the frozen path)
+                from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(directory)
+                network = AutoModelForSequenceClassification.from_pretrained(
+                    directory, use_safetensors=True
+                )
+                network.to(device).eval()
+                model = cls(labels, config, device, model=network, tokenizer=tokenizer)
+                model.temperature = float(saved.get("temperature", 1.0))
         except (KeyError, TypeError, ValueError, OSError) as exc:
             raise ModelNotAvailable(
-                f"cannot load bert model from {directory}: {exc}",
+                f"cannot load bert model from {directory}: {exc}; retrain it with "
+                "'llm-router train bert --data PATH'",
                 classifier="bert",
                 reason="bad_artifacts",
             ) from exc
-        model.to(device).eval()
-        classifier = cls(labels, model, tokenizer, config, device)
-        classifier.metrics = manifest.get("metrics", {})
-        return classifier
+        model.metrics = manifest.get("metrics", {})
+        model.ensemble = manifest.get("ensemble")
+        return model
+
+
+def embed_cached(
+    encoder: Encoder, texts: Sequence[str], cache_dir: Path | None, what: str
+) -> np.ndarray:
+    """Vectors of ``texts`` through the disk cache (when given), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(texts), desc=f"embedding {what}", unit="text", leave=False) as bar:
+        if cache_dir is None:
+            return encoder.embed(texts, progress=bar.update)
+        cache = EmbeddingCache(cache_dir, encoder.fingerprint())
+        vectors, embedded = cache.embed(encoder, texts, progress=bar.update)
+    logger.info("%s: %d of %d embedded now, the rest cached", what, embedded, len(texts))
+    return vectors

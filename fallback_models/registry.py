@@ -12,7 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fallback_models.artifacts import deployed_label_set, order_by_quality
+from fallback_models.artifacts import (
+    MANIFEST,
+    deployed_label_set,
+    order_by_quality,
+    quality,
+    read_manifest,
+    sha256_file,
+)
 from llm_router.classifier import Classifier
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
@@ -64,16 +71,39 @@ def _load_bert(context: LoadContext) -> Classifier:
 
 
 def _load_ensemble(context: LoadContext) -> Classifier:
-    """BERT and TF-IDF averaged, sharing the instances the chain already loaded."""
+    """BERT and TF-IDF pooled with the weights and temperature fitted when BERT was trained
+    beside this TF-IDF model, sharing the instances the chain already loaded."""
     from fallback_models.ensemble import EnsembleClassifier
 
-    members = [context.sibling("bert"), context.sibling("tfidf")]
+    bert, tfidf = context.sibling("bert"), context.sibling("tfidf")
+    record = ensemble_record(context.settings.model_dir, getattr(bert, "ensemble", None))
+    if record is None:
+        raise ModelNotAvailable(
+            "the ensemble's weights were fitted with another TF-IDF model (or none): retrain "
+            "bert beside this one ('llm-router train bert --data PATH')",
+            classifier="ensemble",
+            reason="stale_artifacts",
+        )
+    weights = [float(record["weights"]["bert"]), float(record["weights"]["tfidf"])]
     try:
-        return EnsembleClassifier(members)  # type: ignore[arg-type]
+        return EnsembleClassifier(
+            [bert, tfidf],  # type: ignore[list-item]
+            weights,
+            float(record["temperature"]),
+        )
     except ValueError as exc:
         raise ModelNotAvailable(
             str(exc), classifier="ensemble", reason=Reason.LABEL_MISMATCH
         ) from exc
+
+
+def ensemble_record(model_dir: Path, record: object) -> dict[str, Any] | None:
+    """The BERT manifest's ensemble section when it was fitted with the TF-IDF model now in
+    ``model_dir`` (the sha256 of its manifest matches), else None."""
+    manifest = model_dir / "tfidf" / MANIFEST
+    if not isinstance(record, dict) or not manifest.is_file():
+        return None
+    return record if record.get("tfidf_sha256") == sha256_file(manifest) else None
 
 
 def _train_tfidf(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -92,19 +122,18 @@ def _train_bert(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[st
 
     config = BertConfig(
         base_model=options.get("base") or default_base_model(),
+        mode=options["mode"],
         max_length=options["max_length"],
+        seed=options["seed"],
+        max_train_rows=options.get("max_train_rows"),
+        hidden=options["hidden"],
+        head_epochs=options["head_epochs"],
         epochs=options["epochs"],
         batch_size=options["batch_size"],
         learning_rate=options["lr"],
-        seed=options["seed"],
     )
     return train_bert(
-        dataset,
-        out,
-        config,
-        device=options.get("device"),
-        max_train_rows=options.get("max_train_rows"),
-        max_test_rows=options.get("max_test_rows"),
+        dataset, out, config, device=options.get("device"), cache_dir=options["cache_dir"]
     )
 
 
@@ -112,7 +141,7 @@ def _train_bert(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[st
 KINDS = (
     Kind("bert", _load_bert, _train_bert),
     Kind("tfidf", _load_tfidf, _train_tfidf),
-    Kind("ensemble", _load_ensemble),  # bert and tfidf averaged
+    Kind("ensemble", _load_ensemble),  # bert and tfidf pooled
 )
 
 
@@ -164,8 +193,18 @@ class FallbackModels:
     def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
         return deployed_label_set(model_dir, (*order, *self.trained))
 
-    def order_by_quality(self, model_dir: Path, order: Sequence[str]) -> tuple[str, ...]:
-        return order_by_quality(model_dir, order)
+    def default_order(self, model_dir: Path) -> tuple[str, ...]:
+        """Every trained kind, then the ensemble when its quality was measured against the
+        installed models; a kind measured worse never goes before a better one."""
+        measured: dict[str, tuple[float, tuple[str, str]]] = {}
+        try:
+            bert = read_manifest(model_dir / "bert", "bert")
+            record = ensemble_record(model_dir, bert.get("ensemble"))
+            if record is not None:
+                measured["ensemble"] = quality({**bert, "metrics": record["metrics"]})
+        except (ModelNotAvailable, KeyError, TypeError, ValueError):
+            pass
+        return order_by_quality(model_dir, (*self.trained, *measured), measured)
 
 
 MODELS = FallbackModels(KINDS)

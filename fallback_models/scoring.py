@@ -1,4 +1,6 @@
-"""Metrics with honest error bars: accuracy with a Wilson interval, top-k, F1, latency."""
+"""Metrics with honest error bars (accuracy with a Wilson interval, top-k, F1, calibration
+error), and the temperature scaling every local model's probabilities go through. Training
+and the evaluation both score with these."""
 
 from __future__ import annotations
 
@@ -84,3 +86,23 @@ def expected_calibration_error(
         if members.any():
             total += members.mean() * abs(right[members].mean() - conf[members].mean())
     return float(total)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of a (rows, labels) array."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return result
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature that minimises the log loss of held-out logits."""
+    from scipy.optimize import minimize_scalar
+
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t))[rows, y].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(10.0)), method="bounded")
+    return float(np.exp(result.x))

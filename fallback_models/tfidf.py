@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from fallback_models.artifacts import clear_directory, verify_artifacts, write_manifest
+from fallback_models.artifacts import staged_directory, verify_artifacts, write_manifest
 from fallback_models.features import WordNgramTfidf
+from fallback_models.scoring import fit_temperature
 from fallback_models.topk import TOP_K, classify_timed
 from llm_router.errors import ModelNotAvailable
 from llm_router.labels import LabelSet
@@ -272,17 +272,6 @@ def _network_prefix(n: int) -> str:
     return f"mlp{n}" if n else "mlp"
 
 
-def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature that minimises the log loss of held-out logits."""
-
-    def nll(log_t: float) -> float:
-        logp = log_softmax(scores / np.exp(log_t), axis=1)
-        return float(-logp[np.arange(len(y)), y].mean())
-
-    result = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(10.0)), method="bounded")
-    return float(np.exp(result.x))
-
-
 def calibration_rows(
     n: int, config: TfidfConfig, published: Sequence[str | None] | None = None
 ) -> np.ndarray:
@@ -392,9 +381,9 @@ class TfidfClassifier:
             x_cal = features.transform([texts[int(i)] for i in cal_idx])
             y_cal = y[cal_idx]
             heads = [linear, *networks]
-            model.temperatures = [_fit_temperature(h.logits(x_cal), y_cal) for h in heads] + [1.0]
+            model.temperatures = [fit_temperature(h.logits(x_cal), y_cal) for h in heads] + [1.0]
             if networks:  # averaging calibrated heads blunts them: calibrate the mix
-                model.temperatures[-1] = _fit_temperature(model._combined(x_cal), y_cal)
+                model.temperatures[-1] = fit_temperature(model._combined(x_cal), y_cal)
         return model
 
     # -- inference --------------------------------------------------------------------------
@@ -413,6 +402,11 @@ class TfidfClassifier:
         rest = (1.0 - share) / (len(logps) - 1)
         combined: np.ndarray = share * logps[0] + rest * sum(logps[1:])
         return combined
+
+    def log_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated log-probabilities (the ensemble pools these)."""
+        x = self.features.transform(texts)
+        return np.asarray(log_softmax(self._combined(x) / self.temperatures[-1], axis=1))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, shape (len(texts), len(labels)), columns in label order."""
@@ -441,7 +435,10 @@ class TfidfClassifier:
     # -- storage ----------------------------------------------------------------------------
     def save(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
         """Write the model as JSON + ``.npz`` and a manifest with every file's sha256."""
-        clear_directory(directory)
+        with staged_directory(directory) as staging:
+            return self._write(staging, **manifest_fields)
+
+    def _write(self, directory: Path, **manifest_fields: Any) -> dict[str, Any]:
         bits = self.config.weight_bits
         arrays: dict[str, np.ndarray] = {
             "keys": self.features.keys,

@@ -145,16 +145,28 @@ def evaluate(
     batch: int = 512,
     listed: Sequence[set[str]] | None = None,
 ) -> dict[str, Any]:
-    """Top-1, top-5, macro/weighted F1, the calibration error of the top-1 probability, the
-    worst classes and the most confused pairs; with ``listed`` (each row's listed categories)
-    also the share of rows whose top-1 is one of them."""
+    """:func:`score` of the model's probabilities on ``texts``, with the time per text."""
     started = time.perf_counter()
     proba = np.vstack(
         [model.predict_proba(texts[i : i + batch]) for i in range(0, len(texts), batch)]
     )
     seconds = time.perf_counter() - started
+    metrics = score(proba, model.labels, truth, listed)
+    metrics["inference_ms_per_text"] = seconds * 1000 / max(1, len(texts))
+    return metrics
+
+
+def score(
+    proba: np.ndarray,
+    labels: LabelSet,
+    truth: Sequence[str],
+    listed: Sequence[set[str]] | None = None,
+) -> dict[str, Any]:
+    """Top-1, top-5, macro/weighted F1, the calibration error of the top-1 probability, the
+    worst classes and the most confused pairs; with ``listed`` (each row's listed categories)
+    also the share of rows whose top-1 is one of them."""
     top = np.argsort(-proba, axis=1)[:, :5]
-    names = model.labels.labels
+    names = labels.labels
     predicted = [names[row[0]] for row in top]
     candidates = [[names[i] for i in row] for row in top]
     macro, weighted = macro_weighted_f1(truth, predicted)
@@ -175,7 +187,6 @@ def evaluate(
         "ece": expected_calibration_error(proba.max(axis=1), correct),
         "macro_f1": macro,
         "weighted_f1": weighted,
-        "inference_ms_per_text": seconds * 1000 / max(1, len(texts)),
         "worst_classes": [
             {"label": c, "f1": round(per_class[c], 4), "support": support[c]} for c in worst
         ],
@@ -226,44 +237,69 @@ def train_bert(
     config: Any,
     *,
     device: str | None = None,
-    max_train_rows: int | None = None,
-    max_test_rows: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune, evaluate and save the BERT model; returns its manifest.
+    """Train, evaluate and save the BERT model; returns its manifest.
 
-    ``max_train_rows``/``max_test_rows`` take seeded subsets (for CPU-only machines); the
-    manifest records them, and the test ids stay the full held-out split.
+    The held-out rows that calibrate it are the TF-IDF model's (the same seeded slice of the
+    training rows): neither model trained on them, so with a TF-IDF model beside ``out`` on
+    the same split they also fit the ensemble's weight and temperature
+    (:mod:`fallback_models.ensemble_fit`). The test metrics are on the full test split.
     """
-    from fallback_models.bert import BertClassifier, pick_device
+    from fallback_models.bert import BertClassifier
+    from fallback_models.encoder import pick_device
+    from fallback_models.ensemble_fit import fit_with_tfidf, held_out_rows, sibling_tfidf, speed
 
     device = pick_device(device)
-    rng = np.random.default_rng(dataset.seed)
-    train_idx = list(dataset.train_idx)
-    if max_train_rows and max_train_rows < len(train_idx):
-        train_idx = sorted(rng.choice(train_idx, size=max_train_rows, replace=False).tolist())
-    test_idx = list(dataset.test_idx)
-    if max_test_rows and max_test_rows < len(test_idx):
-        test_idx = sorted(rng.choice(test_idx, size=max_test_rows, replace=False).tolist())
-    bar = tqdm(desc=f"bert ({device})", unit="step")
+    mode = config.resolved_mode(device)
+    tfidf = sibling_tfidf(dataset, out.parent / "tfidf")
+    fit_idx, cal_idx = held_out_rows(dataset, tfidf)
+    if mode == "frozen" and config.max_train_rows and config.max_train_rows < len(fit_idx):
+        rng = np.random.default_rng(dataset.seed)
+        fit_idx = sorted(rng.choice(fit_idx, size=config.max_train_rows, replace=False).tolist())
+    stages = tqdm(
+        desc=f"bert ({mode}, {device})", unit="stage", bar_format="{desc}: {elapsed} {postfix}"
+    )
 
-    def progress(step: int, total: int, loss: float) -> None:
-        bar.total = total
-        bar.set_postfix(loss=f"{loss:.3f}")
-        bar.update(step - bar.n)
+    def progress(message: str) -> None:
+        stages.set_postfix_str(message)
+        stages.update(1)
 
     started = time.perf_counter()
     model = BertClassifier.train(
-        dataset.texts(train_idx), dataset.y(train_idx), dataset.labels, config, device, progress
+        dataset.texts(fit_idx),
+        dataset.y(fit_idx),
+        dataset.labels,
+        config,
+        device,
+        progress,
+        calibration=(dataset.texts(cal_idx), dataset.y(cal_idx)),
+        cache_dir=cache_dir,
     )
     train_s = time.perf_counter() - started
-    bar.close()
-    texts, truth, listed = dataset.texts(test_idx), dataset.y(test_idx), dataset.listed(test_idx)
-    metrics = evaluate(model, texts, truth, batch=256, listed=listed)
-    metrics.update(train_seconds=round(train_s, 1), train_rows=len(train_idx), device=device)
+    progress("evaluating on the test split")
+    test = dataset.test_idx
+    texts, truth, listed = dataset.texts(test), dataset.y(test), dataset.listed(test)
+    log_proba = model.log_proba_cached(texts, cache_dir)
+    metrics = score(np.exp(log_proba), dataset.labels, truth, listed)
+    metrics.update(speed(model, texts))
+    metrics.update(
+        train_seconds=round(train_s, 1),
+        train_rows=len(fit_idx),
+        calibration_rows=len(cal_idx),
+        device=device,
+        mode=mode,
+    )
+    extra: dict[str, Any] = {}
+    if tfidf is not None:
+        progress("fitting the ensemble with tfidf")
+        extra["ensemble"] = fit_with_tfidf(model, tfidf, dataset, cal_idx, log_proba, cache_dir)
+    stages.close()
     return model.save(
         out,
         **dataset.manifest_fields(),
         config=asdict(config),
         metrics=metrics,
+        **extra,
         library_versions=library_versions("torch", "transformers", "tokenizers", "safetensors"),
     )

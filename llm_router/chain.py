@@ -152,10 +152,9 @@ def local_order(settings: Settings) -> tuple[tuple[str, ...], LabelSet]:
     models = local_models()
     if models is None:
         return (), LabelSet.full_taxonomy()
-    if settings.fallbacks is None:
-        order = models.order_by_quality(settings.model_dir, models.trained)
-    else:
-        order = settings.fallbacks
+    order = settings.fallbacks
+    if order is None:
+        order = models.default_order(settings.model_dir)
     return order, models.label_set(settings.model_dir, order)
 
 

@@ -51,8 +51,9 @@ class LocalModels(Protocol):
         """The deployed label set: that of the first trained kind of ``order``."""
         ...
 
-    def order_by_quality(self, model_dir: Path, order: Sequence[str]) -> tuple[str, ...]:
-        """``order`` with a kind measured worse never before a better one."""
+    def default_order(self, model_dir: Path) -> tuple[str, ...]:
+        """The chain when ``LLM_ROUTER_FALLBACKS`` is unset: installed kinds, the one with
+        the better measured test top-1 first."""
         ...
 
 

