@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +55,8 @@ def staged_directory(directory: Path) -> Iterator[Path]:
     takes the place of ``directory`` by renames (the old model is removed only then); when
     it does not (Ctrl-C, a crash, an error) it is removed and ``directory`` is as it was."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
+    staging = directory.with_name(f".{directory.name}.new-{secrets.token_hex(4)}")
+    staging.mkdir()  # with the umask's permissions, as the folder it replaces
     try:
         yield staging
     except BaseException:

@@ -75,7 +75,7 @@ def _load_ensemble(context: LoadContext) -> Classifier:
     beside this TF-IDF model, sharing the instances the chain already loaded."""
     from fallback_models.ensemble import EnsembleClassifier
 
-    bert, tfidf = context.sibling("bert"), context.sibling("tfidf")
+    bert, tfidf = (context.sibling(name) for name in ENSEMBLE_MEMBERS)
     record = ensemble_record(context.settings.model_dir, getattr(bert, "ensemble", None))
     if record is None:
         raise ModelNotAvailable(
@@ -137,6 +137,7 @@ def _train_bert(dataset: Dataset, out: Path, options: dict[str, Any]) -> dict[st
     )
 
 
+ENSEMBLE_MEMBERS = ("bert", "tfidf")
 # The order is the default chain's (before measured quality reorders it).
 KINDS = (
     Kind("bert", _load_bert, _train_bert),
@@ -182,7 +183,10 @@ class FallbackModels:
         directory = settings.model_dir / kind
         model = self.by_name[kind].load(LoadContext(directory, settings, sibling))
         own = getattr(model, "labels", None)
-        if isinstance(own, LabelSet) and own.labels != labels.labels:
+        # A chain built before any model was trained answers in the full taxonomy; the first
+        # model to appear (a service started before its training job ended) is welcome.
+        before_any = labels.labels == LabelSet.full_taxonomy().labels
+        if isinstance(own, LabelSet) and own.labels != labels.labels and not before_any:
             raise ModelNotAvailable(
                 f"{kind} model at {directory} was trained on a different label set; retrain it",
                 classifier=kind,
@@ -190,8 +194,40 @@ class FallbackModels:
             )
         return model
 
+    def available(self, model_dir: Path, kind: str) -> bool:
+        members = ENSEMBLE_MEMBERS if kind == "ensemble" else (kind,)
+        return all((model_dir / member / MANIFEST).is_file() for member in members)
+
+    def version(self, model_dir: Path, kind: str) -> object:
+        """The manifests' (size, mtime, inode): a save swaps in a new folder, so they change."""
+        members = ENSEMBLE_MEMBERS if kind == "ensemble" else (kind,)
+        identity: list[tuple[int, int, int] | None] = []
+        for member in members:
+            try:
+                info = (model_dir / member / MANIFEST).stat()
+            except OSError:
+                identity.append(None)
+                continue
+            identity.append((info.st_size, info.st_mtime_ns, info.st_ino))
+        return tuple(identity)
+
     def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
         return deployed_label_set(model_dir, (*order, *self.trained))
+
+    def texts_per_second(self, model_dir: Path, kind: str) -> float | None:
+        """How fast ``kind`` answered in batches when it was trained (the slower member's
+        speed for the ensemble), from the manifests; None when unknown."""
+        members = ENSEMBLE_MEMBERS if kind == "ensemble" else (kind,)
+        speeds = []
+        for member in members:
+            try:
+                ms = float(
+                    read_manifest(model_dir / member, member)["metrics"]["inference_ms_per_text"]
+                )
+            except (ModelNotAvailable, KeyError, TypeError, ValueError):
+                return None
+            speeds.append(1000.0 / ms if ms > 0 else float("inf"))
+        return min(speeds)
 
     def default_order(self, model_dir: Path) -> tuple[str, ...]:
         """Every trained kind, then the ensemble when its quality was measured against the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,28 +42,78 @@ class Unavailable:
 
 
 class LazyClassifier:
-    """Loads a local classifier on first use, once; a load failure is remembered."""
+    """Loads a local classifier on first use, and looks again when that may change things.
 
-    def __init__(self, name: str, load: Callable[[], Classifier]) -> None:
+    A failed load is remembered for ``retry_s`` (doubling after each failure, up to
+    ``max_retry_s``), then tried again: a service started before its model was trained picks
+    it up once it appears. ``version`` (the model files' identity) is read at most every
+    ``check_s``; when it changes, the new model is loaded and swapped in for the next calls,
+    the old one answering until then. A model whose files fail verification (half replaced,
+    say) is never served: the last good one stays, or the load error is raised.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        load: Callable[[], Classifier],
+        *,
+        version: Callable[[], object] | None = None,
+        retry_s: float = 5.0,
+        max_retry_s: float = 300.0,
+        check_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self._load = load
+        self._version = version
+        self.retry_s = retry_s
+        self.max_retry_s = max_retry_s
+        self.check_s = check_s
+        self._clock = clock
         self._inner: Classifier | None = None
+        self._loaded_version: object = None
         self._error: ClassifierError | None = None
+        self._failures = 0
+        self._next_try = 0.0
+        self._next_check = 0.0
         self._lock = threading.Lock()
 
     def get(self) -> Classifier:
-        if self._inner is None:
-            with self._lock:
-                if self._inner is None and self._error is None:
-                    try:
-                        self._inner = self._load()
-                    except ClassifierError as exc:
-                        logger.warning("fallback %s skipped: %s", self.name, exc)
-                        self._error = exc
-        if self._error is not None:
+        now = self._clock()
+        inner = self._inner
+        if inner is not None and (self._version is None or now < self._next_check):
+            return inner
+        with self._lock:
+            if self._inner is not None and self._version is not None and now >= self._next_check:
+                self._next_check = now + self.check_s
+                if self._version() != self._loaded_version:
+                    self._try_load(now)  # keeps the old model when the new one fails
+            elif self._inner is None and (self._error is None or now >= self._next_try):
+                self._try_load(now)
+            if self._inner is not None:
+                return self._inner
+            assert self._error is not None
             raise self._error
-        assert self._inner is not None
-        return self._inner
+
+    def _try_load(self, now: float) -> None:
+        version = self._version() if self._version is not None else None
+        try:
+            self._inner = self._load()
+        except ClassifierError as exc:
+            self._failures += 1
+            wait = min(self.max_retry_s, self.retry_s * 2 ** (self._failures - 1))
+            self._next_try = now + wait
+            if self._error is None or exc.reason != self._error.reason:
+                logger.warning(
+                    "fallback %s skipped: %s (looking again in %.0f s)", self.name, exc, wait
+                )
+            self._error = exc
+            return
+        if self._error is not None or self._loaded_version is not None:
+            logger.info("fallback %s loaded", self.name)
+        self._error, self._failures = None, 0
+        self._loaded_version = version
+        self._next_check = now + self.check_s
 
     def classify(self, text: str) -> Classification:
         return self.get().classify(text)
@@ -131,7 +182,10 @@ def build_chain(
     if models is not None:
         for kind in models.kinds:
             load = functools.partial(models.load, kind, settings, labels, sibling)
-            local[kind] = LazyClassifier(kind, load)
+            version = functools.partial(models.version, settings.model_dir, kind)
+            local[kind] = LazyClassifier(
+                kind, load, version=version, retry_s=settings.model_retry_s
+            )
     return Chain(
         llm=llm_classifier(settings, labels, budget, limiter),
         local=local,

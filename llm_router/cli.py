@@ -7,8 +7,10 @@ llm-router eval --n 10                the side-by-side evaluation        (python
 llm-router train tfidf --data PATH    train a local model                (python -m fallback_models)
 llm-router info [MODEL_DIR]           version, settings, installed models (or one manifest)
 ```
-Exit codes: 0 done, 2 bad arguments, unusable input or settings, or a missing optional
-extra (one line on stderr), 130 interrupted (every row already answered is kept).
+Exit codes: 0 done, 1 a corpus job in which no row could be answered (the rows are kept
+with their errors and asked again by the next run), 2 bad arguments, unusable input or
+settings, or a missing optional extra (one line on stderr), 130 interrupted (every row
+already answered is kept).
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ def _classify(args: argparse.Namespace) -> int:
             return fail(f"--{name.replace('_', '-')} is out of range: {value}")
     if args.max_cost_usd is not None and args.max_cost_usd < 0:
         return fail("--max-cost-usd must not be negative")
+    note = _throughput_note()
+    if note:
+        print(note, file=sys.stderr)
     try:
         summary = classify_file(
             args.input,
@@ -150,7 +155,40 @@ def _classify(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(130)  # do not wait for LLM calls still in flight: they are re-asked later
     print(summary.line())
+    unanswered = summary.unanswered()
+    if unanswered is not None:  # rows are kept with their errors; the next run asks again
+        return fail(unanswered, code=1)
     return 0
+
+
+# Below this many texts per second a local model sets the pace of a corpus job: say so.
+_SLOW_TEXTS_PER_S = 500.0
+
+
+def _throughput_note() -> str | None:
+    """One line when the first local model of the chain is slow (a BERT link), with the
+    measured speed of each installed kind, so that a user can pick a faster chain."""
+    from fallback_models.registry import MODELS
+    from llm_router.chain import local_order
+    from llm_router.settings import Settings
+
+    settings = Settings()
+    if settings.api_key is not None:
+        return None
+    order, _labels = local_order(settings)
+    speeds = {kind: MODELS.texts_per_second(settings.model_dir, kind) for kind in MODELS.kinds}
+    if not order or (speeds.get(order[0]) or float("inf")) >= _SLOW_TEXTS_PER_S:
+        return None
+    faster = [k for k, v in speeds.items() if v is not None and v >= _SLOW_TEXTS_PER_S]
+    hint = (
+        f"; LLM_ROUTER_FALLBACKS={faster[0]} answers about {speeds[faster[0]]:,.0f}/s"
+        if faster
+        else ""
+    )
+    return (
+        f"note: local answers come from {order[0]} at about {speeds[order[0]]:,.0f} texts/s "
+        f"(measured when it was trained){hint}"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -37,7 +37,8 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def fail(message: object) -> int:
-    """Print ``error: message`` on stderr; returns exit code 2 for the caller to return."""
+def fail(message: object, code: int = 2) -> int:
+    """Print ``error: message`` on stderr; returns ``code`` (2: a usage or input error) for
+    the caller to return."""
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code

@@ -28,12 +28,12 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]: ...
 
 
 @overload
-def read_records(path: Path, *, raw_lines: bool) -> Iterator[dict[str, Any] | str]: ...
+def read_records(path: Path, *, raw_lines: bool) -> Iterator[dict[str, Any] | tuple[int, str]]: ...
 
 
 def read_records(path: Path, *, raw_lines: bool = False) -> Iterator[Any]:
     """Yield each row of ``path`` as a dict (with ``raw_lines``, a JSON-lines file yields
-    each non-blank line unparsed, for :func:`parse_line`).
+    each non-blank line unparsed with its line number, for :func:`parse_line`).
 
     Raises:
         DataError: the file is missing, of an unknown format, or unreadable (corrupt gzip
@@ -51,9 +51,9 @@ def read_records(path: Path, *, raw_lines: bool = False) -> Iterator[Any]:
         elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
             opener = gzip.open if name.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8") as handle:
-                for line in handle:
+                for number, line in enumerate(handle, start=1):
                     if line.strip():
-                        yield line if raw_lines else parse_line(path, line)
+                        yield (number, line) if raw_lines else parse_line(path, line, number)
         else:
             raise DataError(f"{path}: unsupported format (use {', '.join(SUFFIXES)})")
     except (
@@ -93,18 +93,26 @@ def normalise_id(value: object) -> str | None:
     return text if text.strip() else None
 
 
-def parse_line(path: Path, line: str) -> dict[str, Any]:
-    """One JSON-lines row.
+class BadLine(DataError):
+    """One line of a JSON-lines file is not a JSON object; ``number`` says which."""
+
+    def __init__(self, path: Path, number: int, problem: str) -> None:
+        super().__init__(f"{path} line {number}: {problem}")
+        self.number = number
+
+
+def parse_line(path: Path, line: str, number: int) -> dict[str, Any]:
+    """Line ``number`` of a JSON-lines file, as a row.
 
     Raises:
-        DataError: the line is not valid JSON or not an object.
+        BadLine: the line is not valid JSON, or not an object.
     """
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raise BadLine(path, number, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
     if not isinstance(row, dict):
-        raise DataError(f"{path}: a line is not a JSON object: {line[:60]!r}")
+        raise BadLine(path, number, f"not a JSON object: {line.strip()[:40]!r}")
     return row
 
 

@@ -47,6 +47,16 @@ class LocalModels(Protocol):
         """
         ...
 
+    def available(self, model_dir: Path, kind: str) -> bool:
+        """Whether ``kind`` is installed under ``model_dir`` (its manifest, or its members'),
+        without loading anything."""
+        ...
+
+    def version(self, model_dir: Path, kind: str) -> object:
+        """The identity of ``kind``'s files on disk (it changes when a model is replaced),
+        cheap enough to read every few seconds."""
+        ...
+
     def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
         """The deployed label set: that of the first trained kind of ``order``."""
         ...
@@ -74,3 +84,18 @@ def local_kinds() -> tuple[str, ...]:
     """Every local model kind the registry offers (empty without one)."""
     models = local_models()
     return models.kinds if models is not None else ()
+
+
+def nothing_can_answer(settings: Settings, order: Sequence[str]) -> str | None:
+    """Why no classifier of a chain could answer any text, when that is clear before a text
+    is seen: no API key and none of ``order`` installed; else None."""
+    if settings.api_key is not None:
+        return None
+    models = local_models()
+    if models is not None and any(models.available(settings.model_dir, k) for k in order):
+        return None
+    return (
+        "nothing can classify: no API key (OPENROUTER_API_KEY or LLM_ROUTER_API_KEY) and no "
+        f"trained local model ({', '.join(order) or 'none'}) in {settings.model_dir.resolve()}; "
+        "train one with 'llm-router train tfidf --data PATH', or set a key"
+    )

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     server_max_inflight: int = Field(64, ge=1)
     server_max_queue: int = Field(256, ge=0)
     device: str | None = None  # torch device for BERT; None picks cuda when available
+    # A local model that failed to load (not trained yet, say) is looked for again after
+    # this many seconds, doubling after each failure up to five minutes.
+    model_retry_s: float = Field(5.0, gt=0)
     http_referer: str | None = None  # OpenRouter's optional app attribution headers
     app_title: str | None = "llm-router"
 

@@ -22,10 +22,10 @@ import json
 import logging
 import multiprocessing
 import os
-import re
+import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
@@ -34,101 +34,27 @@ from concurrent.futures import (
     wait,
 )
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from llm_router.corpus.sink import OUTPUT_SUFFIXES, Sink, output_row
+from llm_router.chain import local_order
+from llm_router.corpus.rows import Item, check_paths, fast_records, first_row, iter_items
+from llm_router.corpus.sink import Sink, output_row
 from llm_router.corpus.tally import CorpusSummary, Tally
 from llm_router.errors import ConfigError
 from llm_router.llm.budget import Budget
-from llm_router.records import DataError, normalise_id, parse_line, read_records, record_text
+from llm_router.records import DataError
+from llm_router.registry import nothing_can_answer
 from llm_router.router import Router
 from llm_router.schemas import Classification
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
 Engine = Literal["local", "ray"]
 
 
 # -- input -----------------------------------------------------------------------------------
-class Item(NamedTuple):
-    """One input row to classify: its id and its text (or what was wrong with it)."""
-
-    id: str
-    text: object
-
-
-def check_paths(input_path: Path, output_path: Path) -> None:
-    """One-line errors for an unusable INPUT or OUTPUT, before any work starts."""
-    if not input_path.name.lower().endswith(INPUT_SUFFIXES):
-        raise DataError(f"{input_path}: unsupported input format (use {', '.join(INPUT_SUFFIXES)})")
-    if not input_path.is_file():
-        raise DataError(f"input not found: {input_path}")
-    if output_path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(
-            f"{output_path}: unsupported output format (use {', '.join(OUTPUT_SUFFIXES)})"
-        )
-    if output_path.resolve() == input_path.resolve():
-        raise DataError("OUTPUT must not be the INPUT file")
-
-
 # -- the job ---------------------------------------------------------------------------------
-class _Written(NamedTuple):
-    """An input row whose id is already in OUTPUT, recognised without parsing the row."""
-
-    id: str
-
-
-def fast_records(path: Path, id_field: str, done: set[str]) -> Iterator[dict[str, Any] | _Written]:
-    """The input's rows; in a ``.jsonl``/``.jsonl.gz`` whose lines start with a plain string
-    id, a row already written is recognised by that id alone (a resume reads, but does not
-    parse, the rows it skips). Everything else goes through :func:`read_records`."""
-    name = path.name.lower()
-    if not done or not name.endswith((".jsonl", ".jsonl.gz")):
-        yield from read_records(path)
-        return
-    leading = re.compile(r'^\{"' + re.escape(id_field) + r'": "([^"\\]*)"')
-    records = read_records(path, raw_lines=True)
-    for item in records:
-        if isinstance(item, str):
-            fast = leading.match(item)
-            if fast is not None and fast.group(1) in done:
-                yield _Written(fast.group(1))
-                continue
-            yield parse_line(path, item)
-        else:
-            yield item
-
-
-def iter_items(
-    rows: Iterable[dict[str, Any] | _Written],
-    *,
-    text_field: str,
-    title_field: str | None,
-    id_field: str,
-    done: set[str],
-    tally: Tally,
-) -> Iterator[Item]:
-    """The rows still to classify: ids already written are skipped, a repeated id or a
-    missing one is counted as failed."""
-    seen: set[str] = set()
-    for row in rows:
-        tally.summary.read += 1
-        item_id = row.id if isinstance(row, _Written) else normalise_id(row.get(id_field))
-        if item_id is None:
-            tally.fail("missing_id")
-            continue
-        if item_id in seen:
-            tally.fail("duplicate_id")
-            continue
-        seen.add(item_id)
-        if item_id in done or isinstance(row, _Written):
-            tally.summary.skipped += 1
-            continue
-        yield Item(id=item_id, text=record_text(row, text_field, title_field))
-
-
 def classify_file(
     input: str | Path,  # noqa: A002 - the CLI's name for it
     output: str | Path,
@@ -171,6 +97,9 @@ def classify_file(
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     settings = settings or Settings()
+    standing = nothing_can_answer(settings, local_order(settings)[0])
+    if standing is not None:  # said at once, before the input is read
+        raise ConfigError(standing)
     if rpm is not None:
         if not rpm > 0:
             raise ConfigError(f"--rpm must be positive, got {rpm}")
@@ -226,7 +155,7 @@ def _run_local(
     """The local engine: this machine's threads and processes, one Router for them all."""
     text_field, title_field, id_field = fields
     started = time.perf_counter()
-    first = next(read_records(input_path), None)  # a missing id field fails at once
+    first = first_row(input_path)  # a missing id field fails at once
     if first is not None and id_field not in first:
         raise DataError(
             f"{input_path}: no id field {id_field!r} in the input (its fields: "
@@ -235,7 +164,7 @@ def _run_local(
     sink = Sink(output_path)
     tally = Tally()
     tally.summary.output = str(output_path)
-    done = sink.done_ids()
+    done = sink.final_rows()
     router = _LazyRouter(settings, budget)  # built at the first row to classify
     items = iter_items(
         fast_records(input_path, id_field, done),
@@ -253,13 +182,13 @@ def _run_local(
             _run_chunked(router, items, sink, tally, chunk_size, bar, workers)
     except KeyboardInterrupt as interrupt:
         tally.summary.interrupted = True
+        interrupt.summary = tally.summary  # type: ignore[attr-defined]
+        raise
+    finally:  # every exit path: workers stopped, OUTPUT closed (the parquet journal merged)
         _close(sink, router, bar)
         tally.summary.wall_s = time.perf_counter() - started
-        interrupt.summary = tally.finish()  # type: ignore[attr-defined]
-        raise
-    _close(sink, router, bar)
-    tally.summary.wall_s = time.perf_counter() - started
-    return tally.finish()
+        tally.finish()
+    return tally.summary
 
 
 # -- a finished job ---------------------------------------------------------------------------
@@ -290,36 +219,18 @@ def _finished_summary(output_path: Path, job: dict[str, Any]) -> CorpusSummary |
         saved = json.loads(marker.read_text(encoding="utf-8"))
         if saved["job"] != job or saved["output_stat"] != _stat(output_path):
             return None
-        read, unwritten = (
-            int(saved["read"]),
-            {str(k): int(v) for k, v in saved["unwritten"].items()},
-        )
+        summary = CorpusSummary.model_validate(saved["summary"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    failed = sum(unwritten.values())
-    return CorpusSummary(
-        read=read,
-        skipped=read - failed,
-        failed=failed,
-        failed_by_reason=unwritten,
-        output=str(output_path),
-        wall_s=time.perf_counter() - started,
-    )
+    return summary.model_copy(update={"wall_s": time.perf_counter() - started})
 
 
 def _write_finished(output_path: Path, job: dict[str, Any], summary: CorpusSummary) -> None:
-    if summary.interrupted or not output_path.is_file():
+    """Record a finished job, unless rows are left that the next run should ask again."""
+    if summary.interrupted or summary.retryable() or not output_path.is_file():
+        _done_path(output_path).unlink(missing_ok=True)
         return
-    # Rows that a re-run would count as failed again: repeated and missing ids (not written).
-    unwritten = {
-        k: v for k, v in summary.failed_by_reason.items() if k in ("duplicate_id", "missing_id")
-    }
-    record = {
-        "job": job,
-        "output_stat": _stat(output_path),
-        "read": summary.read,
-        "unwritten": unwritten,
-    }
+    record = {"job": job, "output_stat": _stat(output_path), "summary": summary.model_dump()}
     try:
         _done_path(output_path).write_text(json.dumps(record) + "\n", encoding="utf-8")
     except OSError as exc:
@@ -410,6 +321,7 @@ def _run_chunked(
         initargs=(router.settings,),
     )
     queued: list[tuple[list[Item], Future[list[Any]]]] = []
+    finished = False
     try:
         for chunk in chunks:
             queued.append((chunk, pool.submit(_classify_in_worker, chunk)))
@@ -417,10 +329,15 @@ def _run_chunked(
                 _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
         while queued:
             _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
+        finished = True
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Chunks the workers have finished are written; the rest are asked again next run.
+        for _chunk, future in queued:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _write_rows(future.result(), sink, tally, bar)
         raise
-    pool.shutdown(wait=True)
+    finally:  # on Ctrl-C or an error, do not wait for chunks nobody will write
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 IN_PROCESS_CHUNKS = 4  # answered before worker processes are worth starting
@@ -430,6 +347,8 @@ _worker_router: Router | None = None
 def _start_worker(settings: Settings) -> None:
     """A worker process: one Router (local models only, no LLM key) and one BLAS thread."""
     global _worker_router
+    # Ctrl-C is the job's to handle: it writes what the workers finished, then stops them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The job's own process has said why the LLM is skipped; its workers need not repeat it.
     logging.getLogger("llm_router").setLevel(logging.ERROR)
     _worker_router = Router.from_settings(settings)

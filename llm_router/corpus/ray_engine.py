@@ -13,7 +13,8 @@ are skipped by the workers (nothing is sent for them), and the driver drops a re
 Limits for the whole cluster: the LLM's requests per minute are handed out by one actor (a
 :class:`~llm_router.llm.ratelimit.Schedule`), so ``--rpm`` holds for all workers together;
 the request, token and USD budgets are split evenly between the N workers (each gets 1/N),
-so their sum never goes over the total.
+so their sum never goes over the total; with fewer requests allowed than workers, only as
+many workers start as there are requests, so no worker gets a budget of nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from llm_router.errors import ConfigError
 from llm_router.llm.ratelimit import RateLimiter, Schedule
-from llm_router.records import DataError, read_records
+from llm_router.records import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,11 @@ class _Classify:
         from llm_router.schemas import Classification
 
         rows = batch.to_pylist()
-        if self.kind == "jsonl":
-            rows = [json.loads(r["text"]) for r in rows if r["text"].strip()]
         out: list[dict[str, Any]] = []
+        if self.kind == "jsonl":
+            rows = [_parsed(r["text"]) for r in rows if r["text"].strip()]
+            out += [{"id": None, "_status": "bad_line"} for r in rows if r is None]
+            rows = [r for r in rows if r is not None]
         todo: list[tuple[str, object]] = []
         id_field = self.fields["id_field"]
         for row in rows:
@@ -124,6 +127,15 @@ class _Classify:
             out.append({**output_row(item_id, result), "_status": "row", "_requests": requests})
         columns = _schema()
         return pa.Table.from_pylist([{**dict.fromkeys(columns.names), **r} for r in out], columns)
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """A JSON-lines row, or None for a line that is not a JSON object (counted, not fatal)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _schema() -> Any:
@@ -170,11 +182,14 @@ def classify_file_ray(
 
     ray = _ray()
     started = time.perf_counter()
-    first = next(iter(read_records(input_path)), None)  # one-line errors before Ray starts
+    from llm_router.corpus.rows import first_row
+
+    first = first_row(input_path)  # one-line errors before Ray starts
     if first is not None and id_field not in first:
         raise DataError(f"{input_path}: no id field {id_field!r} in the input; pass --id-field")
     sink = Sink(output_path)
-    done = sink.done_ids()
+    final = sink.final_rows()
+    done = set(final)
     # Workers may start in another directory: give them absolute paths.
     settings = settings.model_copy(
         update={
@@ -200,6 +215,8 @@ def classify_file_ray(
         keeper = ray.remote(Schedule).remote(
             settings.rpm, max_pause_s=settings.retry_after_max_s, clock=time.time
         )
+    if max_requests:  # fewer actors than requests: none gets a share of nothing
+        n = min(n, max_requests)
     limits = {
         "max_requests": None if max_requests is None else max_requests // n,
         "max_tokens": None if max_tokens is None else max_tokens // n,
@@ -228,7 +245,7 @@ def classify_file_ray(
     tally.summary.output = str(output_path)
     try:
         classified.write_json(str(parts))
-        _merge(sorted(parts.glob("*.json*")), sink, tally)
+        _merge(sorted(parts.glob("*.json*")), sink, tally, final)
     finally:
         sink.close()
         shutil.rmtree(parts, ignore_errors=True)
@@ -236,8 +253,9 @@ def classify_file_ray(
     return tally.finish()
 
 
-def _merge(parts: list[Path], sink: Any, tally: Any) -> None:
-    """Append the workers' rows to OUTPUT, dropping ids written before (duplicates)."""
+def _merge(parts: list[Path], sink: Any, tally: Any, final: dict[str, str | None]) -> None:
+    """Append the workers' rows to OUTPUT, dropping ids written before (duplicates); a row
+    skipped for a final error in OUTPUT counts as failed again."""
     from llm_router.corpus.sink import COLUMNS
 
     seen: set[str] = set()
@@ -249,13 +267,18 @@ def _merge(parts: list[Path], sink: Any, tally: Any) -> None:
             row = json.loads(line)
             status = row.pop("_status")
             tally.summary.read += 1
-            if status == "missing_id":
-                tally.fail("missing_id")
+            if status in ("missing_id", "bad_line"):
+                if status == "bad_line":
+                    logger.warning("a line of the input is not a JSON object (bad_line)")
+                tally.fail(status)
             elif row["id"] in seen:  # a repeated id: its first copy counts
                 tally.fail("duplicate_id")
             elif status == "skipped":
                 seen.add(row["id"])
-                tally.summary.skipped += 1
+                if final.get(row["id"]) is None:
+                    tally.summary.skipped += 1
+                else:
+                    tally.fail(str(final[row["id"]]))
             else:
                 seen.add(row["id"])
                 requests = row.pop("_requests", 0) or 0

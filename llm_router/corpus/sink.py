@@ -4,6 +4,12 @@
 a row torn by a crash mid-write is cut off before the next run reads the ids. ``.parquet``
 cannot be appended to: rows go to a journal beside it (``OUTPUT.parts/*.jsonl``), merged into a
 new OUTPUT (written aside, then renamed) when the job ends.
+
+A row is final when it holds an answer, or an error that no later run could change (an
+invalid input). Any other error row (no classifier could answer, the LLM failed or the budget
+ran out with nothing to fall back on) is asked again by the next run, which appends the new
+row; when that run ends, OUTPUT is rewritten (aside, then renamed) with one row per id, the
+latest.
 """
 
 from __future__ import annotations
@@ -60,6 +66,21 @@ def arrow_schema(extra: dict[str, str] | None = None) -> Any:
     return pa.schema([(c, getattr(pa, types.get(c, "string"))()) for c in (*COLUMNS, *extra)])
 
 
+FINAL_ERRORS = frozenset({"invalid_input"})  # a later run would fail the same way
+
+
+def is_final(error_kind: str | None) -> bool:
+    """An answered row (no error), or one whose error cannot change on a later run."""
+    return error_kind is None or error_kind in FINAL_ERRORS
+
+
+def error_kind(error: object) -> str | None:
+    """The reason at the head of an ``error`` cell (``no_api_key: ...``), None when empty."""
+    if not isinstance(error, str) or not error:
+        return None
+    return error.split(":", 1)[0]
+
+
 def output_row(item_id: str, result: Classification | Exception) -> dict[str, Any]:
     """One output row: the answer's columns, or the error that kept it from one."""
     if isinstance(result, Exception):
@@ -96,6 +117,8 @@ class Sink:
         self.journal_dir = path.with_name(path.name + ".parts")
         self._lock = threading.Lock()
         self._handle: io.BufferedWriter | None = None
+        self._earlier: set[str] = set()  # ids OUTPUT held before this run
+        self._repeated = False  # this run wrote an id OUTPUT already held
 
     # The file rows are appended to: OUTPUT itself, or (parquet) this run's journal.
     def _append_target(self) -> Path:
@@ -104,22 +127,26 @@ class Sink:
             return self.journal_dir / f"part-{time.time_ns()}.jsonl"
         return self.path
 
-    def done_ids(self) -> set[str]:
-        """Every id already written (a torn last line is cut off first)."""
-        ids: set[str] = set()
+    def written(self) -> dict[str, str | None]:
+        """Every id already written → the kind of its error (None when answered); a torn
+        last line is cut off first. For an id written twice, the later row counts."""
+        found: dict[str, str | None] = {}
         if self.kind == ".parquet":
             if self.path.is_file():
-                ids.update(_parquet_ids(self.path))
+                found.update(_parquet_rows(self.path))
             for part in sorted(self.journal_dir.glob("part-*.jsonl")):
                 _cut_torn_tail(part)
-                ids.update(_jsonl_ids(part))
+                found.update(_jsonl_rows(part))
         elif self.path.is_file():
             _cut_torn_tail(self.path)
-            if self.kind == ".jsonl":
-                ids.update(_jsonl_ids(self.path))
-            else:
-                ids.update(_csv_ids(self.path))
-        return ids
+            found.update(_jsonl_rows(self.path) if self.kind == ".jsonl" else _csv_rows(self.path))
+        self._earlier = set(found)
+        return found
+
+    def final_rows(self) -> dict[str, str | None]:
+        """The rows no later run would change (:func:`is_final`): id → the kind of its
+        error, None when answered. Other ids are asked again."""
+        return {i: kind for i, kind in self.written().items() if is_final(kind)}
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` in one write: a crash leaves whole rows, or a torn last one that
@@ -136,13 +163,19 @@ class Sink:
             data = _csv_lines(rows) if self.kind == ".csv" else _jsonl_lines(rows)
             self._handle.write(data)
             self._handle.flush()
+            if not self._repeated and any(r["id"] in self._earlier for r in rows):
+                self._repeated = True
 
     def close(self) -> None:
-        """Close the file; for parquet, merge OUTPUT and the journal into a new OUTPUT."""
+        """Close the file; for parquet, merge OUTPUT and the journal into a new OUTPUT; when
+        this run asked ids again, leave one row per id (the latest)."""
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+        if self._repeated and self.kind != ".parquet":
+            _keep_latest(self.path, self.kind)
+            self._repeated = False
         if self.kind == ".parquet":
             merge_parquet(self.path, sorted(self.journal_dir.glob("part-*.jsonl")))
             if self.journal_dir.is_dir():
@@ -187,26 +220,26 @@ def _cut_torn_tail(path: Path) -> None:
     logger.warning("%s ended in a torn row (an interrupted write): it was dropped", path)
 
 
-_LEADING_ID = re.compile(r'^\{"id": "([^"\\]*)"')  # this job's rows start so
+_ANSWERED = re.compile(r'^\{"id": "([^"\\]*)".*"error": null\}$')  # this job's answered rows
 
 
-def _jsonl_ids(path: Path) -> Iterator[str]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, str | None]]:
     with open(path, encoding="utf-8") as handle:
         for n, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            fast = _LEADING_ID.match(line)
-            if fast is not None:  # a plain id, written first by this command: no parse
-                yield fast.group(1)
+            fast = _ANSWERED.match(line.rstrip("\n"))
+            if fast is not None:  # an answered row written by this command: no parse
+                yield fast.group(1), None
                 continue
             try:
                 row = json.loads(line)
-                yield str(row["id"])
+                yield str(row["id"]), error_kind(row.get("error"))
             except (ValueError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}: line {n} is not an output row ({exc})") from None
 
 
-def _csv_ids(path: Path) -> Iterator[str]:
+def _csv_rows(path: Path) -> Iterator[tuple[str, str | None]]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
@@ -215,17 +248,39 @@ def _csv_ids(path: Path) -> Iterator[str]:
                 "not an output of this command; choose another OUTPUT"
             )
         for row in reader:
-            yield row["id"]
+            yield row["id"], error_kind(row["error"])
 
 
-def _parquet_ids(path: Path) -> list[str]:
+def _parquet_rows(path: Path) -> list[tuple[str, str | None]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+        table = pq.read_table(path, columns=["id", "error"])
     except (pa.ArrowException, KeyError, OSError) as exc:
         raise DataError(f"cannot read the existing output {path}: {exc}") from None
+    ids, errors = table.column("id").to_pylist(), table.column("error").to_pylist()
+    return [(str(i), error_kind(e)) for i, e in zip(ids, errors, strict=True)]
+
+
+def _latest_per_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per id, the last one written, in the order of those last rows."""
+    last = {str(row["id"]): n for n, row in enumerate(rows)}
+    return [row for n, row in enumerate(rows) if last[str(row["id"])] == n]
+
+
+def _keep_latest(path: Path, kind: str) -> None:
+    """Rewrite a ``.jsonl``/``.csv`` OUTPUT with one row per id (aside, then renamed)."""
+    temporary = path.with_name(path.name + ".tmp")
+    if kind == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        temporary.write_bytes(_jsonl_lines(_latest_per_id(rows)))
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        header = _csv_lines([dict(zip(COLUMNS, COLUMNS, strict=True))])
+        temporary.write_bytes(header + _csv_lines(_latest_per_id(rows)))
+    os.replace(temporary, path)
 
 
 def merge_parquet(path: Path, parts: list[Path]) -> None:
@@ -236,11 +291,9 @@ def merge_parquet(path: Path, parts: list[Path]) -> None:
     import pyarrow.parquet as pq
 
     schema = arrow_schema()
-    tables = [pq.read_table(path).cast(schema)] if path.is_file() else []
+    rows = pq.read_table(path).cast(schema).to_pylist() if path.is_file() else []
     for part in parts:
-        rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line]
-        if rows:
-            tables.append(pa.Table.from_pylist(rows, schema=schema))
+        rows += [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line]
     temporary = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.concat_tables(tables), temporary)
+    pq.write_table(pa.Table.from_pylist(_latest_per_id(rows), schema=schema), temporary)
     os.replace(temporary, path)

@@ -11,6 +11,10 @@ from pydantic import BaseModel, Field
 from llm_router.errors import reason_of, spent_by
 from llm_router.schemas import Classification
 
+# Failures no later run changes: an invalid text, and rows that were never written (a bad
+# line, a missing or repeated id).
+_NOT_RETRIED = frozenset({"invalid_input", "bad_line", "missing_id", "duplicate_id"})
+
 
 class CorpusSummary(BaseModel):
     """What one run of :func:`classify_file` did (this run only, not earlier ones)."""
@@ -29,6 +33,17 @@ class CorpusSummary(BaseModel):
     engine: str = "local"
     output: str = ""
     interrupted: bool = False
+
+    def retryable(self) -> dict[str, int]:
+        """Failed rows written to OUTPUT that the next run asks again, by reason."""
+        return {k: v for k, v in self.failed_by_reason.items() if k not in _NOT_RETRIED}
+
+    def unanswered(self) -> str | None:
+        """Why no row at all could be answered (the commonest reason), when that is so."""
+        if self.classified or self.skipped or self.interrupted or not self.failed:
+            return None
+        reason, count = max(self.failed_by_reason.items(), key=lambda item: item[1])
+        return f"no row could be answered: {reason} ({count} of {self.read} rows)"
 
     def line(self) -> str:
         """The summary as ``key=value`` pairs on one line (the CLI's last stdout line)."""

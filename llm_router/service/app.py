@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -65,7 +66,15 @@ def _row_error(exc: BaseException) -> dict[str, Any]:
         return error_body("invalid_input", str(exc))
     if isinstance(exc, RouterError):
         return error_body("unavailable", str(exc))
-    return error_body("internal", type(exc).__name__)
+    return error_body("internal", str(exc) if isinstance(exc, InternalError) else "internal error")
+
+
+class InternalError(Exception):
+    """A failure of the service itself (a bug), logged once with its incident id."""
+
+    def __init__(self, incident: str) -> None:
+        super().__init__(f"internal error (incident {incident}); the server log has the details")
+        self.incident = incident
 
 
 class MicroBatcher:
@@ -101,8 +110,12 @@ class MicroBatcher:
                     results = await loop.run_in_executor(
                         self.workers, self.router.classify_batch, texts
                     )
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                    results = [exc] * len(batch)
+                except Exception:  # noqa: BLE001 - a bug, not a condition: logged, then 500
+                    incident = uuid.uuid4().hex[:12]
+                    logger.exception(
+                        "classifying a batch of %d failed (incident %s)", len(batch), incident
+                    )
+                    results = [InternalError(incident)] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
@@ -121,6 +134,10 @@ def readiness(router: Router) -> tuple[bool, list[str]]:
         standing = getattr(link, "unavailable", None)
         if isinstance(standing, ClassifierError):
             reasons.append(f"{classifier.name}: {standing.reason}")
+            continue
+        breaker = getattr(getattr(link, "inner", link), "breaker", None)
+        if breaker is not None and breaker.is_open:  # switched off for its cool-down
+            reasons.append(f"{classifier.name}: circuit_open")
             continue
         get = getattr(classifier, "get", None)
         if callable(get):  # a lazily loaded local model: load it now
@@ -191,7 +208,7 @@ def create_app(
             outcome = await in_thread(_classify_one, router_, body.text)
         if isinstance(outcome, Exception):
             row = _row_error(outcome)
-            status = 422 if row["error"]["type"] == "invalid_input" else 503
+            status = {"invalid_input": 422, "internal": 500}.get(row["error"]["type"], 503)
             return JSONResponse(row, status_code=status)
         metrics.classified(outcome)
         return JSONResponse(outcome.model_dump(mode="json"))
@@ -227,7 +244,10 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """200 once the chain is built and at least one classifier can answer."""
+        """200 when at least one classifier of the chain can answer now (a local model that
+        appeared since start-up counts; an LLM whose breaker is open does not)."""
+        if state["router"] is not None:
+            state["ready"], state["reasons"] = await in_thread(readiness, state["router"])
         body = {"ready": state["ready"], "unavailable": state["reasons"]}
         return JSONResponse(body, status_code=200 if state["ready"] else 503)
 

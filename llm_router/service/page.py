@@ -4,6 +4,9 @@ A person pastes (or picks) an abstract and sees, side by side: the router's answ
 arXiv name and group, which classifier answered and why, the LLM's answer when a key is set,
 each local model's top 5 as a bar chart, latency and cost. Bad input is a message on the page,
 never a traceback. With ``LLM_ROUTER_SERVER_TOKEN`` set the page asks for the token itself.
+
+The page does not phone home: ``llm_router.service`` switches Gradio's analytics and
+version check off before Gradio is imported, and the Blocks say so too.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def build_page(
                 plots.append(gr.update(value=frame, visible=True))
         return (_answer_markdown(result), _llm_markdown(result, settings), *plots)
 
-    with gr.Blocks(title="llm-router") as page:
+    with gr.Blocks(title="llm-router", analytics_enabled=False) as page:
         gr.Markdown(
             "# llm-router\nPaste an arXiv abstract (title first, if you have one) and press "
             "**Classify**: the router's answer, the LLM's, and each local model's top 5."

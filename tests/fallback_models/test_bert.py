@@ -348,3 +348,72 @@ def test_the_ensemble_is_refused_after_tfidf_is_retrained(small_root, tmp_path):
     settings = Settings(model_dir=copy, cache=False, device="cpu", fallbacks="ensemble")
     with pytest.raises(AllClassifiersFailed, match="retrain bert"):
         Router.from_settings(settings).classify("We prove a theorem about primes.")
+
+
+def test_classify_says_how_fast_a_bert_chain_is(small_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dataset, root, _cache, _manifest = small_root
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"id": str(i), "abstract": dataset.papers[i].abstract}) + "\n"
+            for i in dataset.test_idx[:3]
+        )
+    )
+    env = {
+        **os.environ,
+        "LLM_ROUTER_MODEL_DIR": str(root),
+        "LLM_ROUTER_FALLBACKS": "ensemble,tfidf",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_router",
+            "classify",
+            str(rows),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "note: local answers come from ensemble at about" in done.stderr
+    assert "LLM_ROUTER_FALLBACKS=tfidf answers about" in done.stderr
+    env["LLM_ROUTER_FALLBACKS"] = "tfidf"
+    quiet = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_router",
+            "classify",
+            str(rows),
+            "-o",
+            str(tmp_path / "p.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert "note: local answers" not in quiet.stderr
+
+
+def test_a_cuda_device_without_cuda_skips_bert_with_its_reason(small_root):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _dataset, root, _cache, _manifest = small_root
+    settings = Settings(model_dir=root, cache=False, device="cuda", fallbacks="bert,tfidf")
+    router = Router.from_settings(settings)
+    for _ in range(3):  # no raw torch error, and no reload on every call
+        result = router.classify("We prove a theorem about prime numbers.")
+        assert result.source == "tfidf" and result.fallback_reason == "no_api_key"
+    bert = router.classifiers[1]
+    with pytest.raises(ModelNotAvailable, match="sees no CUDA device"):
+        bert.get()

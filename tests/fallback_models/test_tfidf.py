@@ -182,3 +182,29 @@ def test_a_one_network_int8_model_of_the_previous_round_still_loads(tmp_path, sa
     again = TfidfClassifier.load(tmp_path / "tfidf")
     assert again.config.mlp_hidden == (16,) and len(again.networks) == 1
     assert np.allclose(again.predict_proba(texts[:10]), trained.predict_proba(texts[:10]))
+
+
+def test_a_save_that_fails_midway_leaves_the_old_model_as_it_was(
+    model, trained_models, tmp_path, sample_rows
+):
+    """The new model is written beside the live folder and swapped in only when complete:
+    a save that fails after the weights are written (here, at the manifest) changes nothing."""
+    target = copy_model(trained_models, tmp_path)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(TypeError):
+        model.save(target, metrics={"unserialisable": object()})
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tfidf"]  # no staging left behind
+    texts = [r["abstract"] for r in sample_rows[:20]]
+    assert np.array_equal(
+        TfidfClassifier.load(target).predict_proba(texts), model.predict_proba(texts)
+    )
+
+
+def test_a_completed_save_replaces_the_old_model_whole(model, trained_models, tmp_path):
+    target = copy_model(trained_models, tmp_path)
+    (target / "stale.txt").write_text("left by an older format")
+    model.save(target, metrics={"note": "new"})
+    assert "stale.txt" not in {p.name for p in target.iterdir()}
+    assert json.loads((target / "manifest.json").read_text())["metrics"] == {"note": "new"}
+    TfidfClassifier.load(target)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from llm_router import AllClassifiersFailed, Router, aroute, route
+from llm_router import AllClassifiersFailed, Classification, Router, aroute, route
 from llm_router.labels import LabelSet
 from llm_router.llm.ratelimit import RateLimiter
 from llm_router.router import llm_classifier
@@ -178,3 +178,52 @@ def test_the_key_never_appears_in_logs_or_errors(make_settings, server, caplog):
     assert TEST_KEY not in str(info.value) and TEST_KEY not in repr(info.value.errors)
     assert TEST_KEY not in repr(settings) and TEST_KEY not in settings.model_dump_json()
     assert TEST_KEY not in result.model_dump_json()
+
+
+def test_a_failed_local_load_is_tried_again_after_a_back_off_and_a_new_model_is_swapped_in():
+    from llm_router.chain import LazyClassifier
+    from llm_router.errors import ModelNotAvailable
+
+    now = [0.0]
+    version = ["none"]
+    attempts = []
+
+    class Model:
+        def __init__(self, label):
+            self.name, self.label = "tfidf", label
+
+        def classify(self, text):
+            return Classification(label=self.label, source="tfidf")
+
+    def load():
+        attempts.append(now[0])
+        if version[0] == "none":
+            raise ModelNotAvailable(
+                "not trained yet", classifier="tfidf", reason="missing_artifacts"
+            )
+        if version[0] == "half-written":
+            raise ModelNotAvailable(
+                "sha256 mismatch", classifier="tfidf", reason="tampered_artifacts"
+            )
+        return Model(version[0])
+
+    lazy = LazyClassifier(
+        "tfidf", load, version=lambda: version[0], retry_s=5, check_s=1, clock=lambda: now[0]
+    )
+    with pytest.raises(ModelNotAvailable):
+        lazy.classify("x")
+    with pytest.raises(ModelNotAvailable):
+        lazy.classify("x")  # within the back-off: not loaded again
+    assert attempts == [0.0]
+    version[0] = "cs.CV"  # the model appears
+    now[0] = 5.0
+    assert lazy.classify("x").label == "cs.CV"
+    version[0] = "half-written"  # replaced on disk, read half-way
+    now[0] = 7.0
+    assert lazy.classify("x").label == "cs.CV"  # the last good model answers
+    version[0] = "math.CO"
+    now[0] = 7.5
+    assert lazy.classify("x").label == "cs.CV"  # looked at again only every check_s
+    now[0] = 9.0
+    assert lazy.classify("x").label == "math.CO"
+    assert attempts == [0.0, 5.0, 7.0, 9.0]

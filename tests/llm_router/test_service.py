@@ -331,3 +331,106 @@ def test_with_a_token_the_page_asks_for_it(serve):
         headers={"Authorization": "Bearer page-token-123"},
     )
     assert label == reply.json()["label"]
+
+
+def test_a_service_started_before_its_model_picks_it_up_and_readyz_follows(
+    serve, trained_models, tmp_path
+):
+    import shutil
+
+    root = tmp_path / "models"
+    live = serve(api_key=None, model_dir=root, model_retry_s=0.1)
+    assert httpx.get(f"{live.url}/readyz").status_code == 503
+    text = {"text": "We prove that every planar graph is four colourable."}
+    assert httpx.post(f"{live.url}/v1/classify", json=text).status_code == 503
+    shutil.copytree(trained_models / "tfidf", root / "tfidf")  # the training job finishes
+    for _ in range(600):  # polls for the state, in order: no time bound is asserted
+        if httpx.get(f"{live.url}/readyz").status_code == 200:
+            break
+        time.sleep(0.05)
+    assert httpx.get(f"{live.url}/readyz").json()["ready"] is True
+    answer = httpx.post(f"{live.url}/v1/classify", json=text)
+    assert answer.status_code == 200 and answer.json()["source"] == "tfidf"
+
+
+_WATCH = """
+import socket, sys
+def watch(event, args):
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        target = args[0] if event == "socket.getaddrinfo" else args[1]
+        host = str(target[0] if isinstance(target, tuple) else target)
+        if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") and not host.startswith("/"):
+            with open(sys.argv[1], "a") as log:
+                log.write(f"{event} {host}\\n")
+sys.addaudithook(watch)
+from llm_router.cli import main
+sys.exit(main(["serve", "--port", sys.argv[2]]))
+"""
+
+
+def test_the_service_never_looks_up_a_host_outside_the_machine(trained_models, tmp_path):
+    """Python's audit hooks see every name look-up and connection of the server process:
+    starting it and requesting the page once must touch nothing but the loopback."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lookups = tmp_path / "lookups.txt"
+    lookups.touch()
+    env = {**os.environ, "LLM_ROUTER_MODEL_DIR": str(trained_models)}
+    for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        env.pop(name, None)  # what the service sets itself, not the test
+    server = subprocess.Popen(
+        [sys.executable, "-c", _WATCH, str(lookups), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(1200):  # waits for start-up (an order, not a time bound)
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert httpx.get(f"{base}/ui/", follow_redirects=True).status_code == 200
+        assert httpx.get(f"{base}/ui/config", follow_redirects=True).status_code == 200
+        text = {"text": "We study the spectrum of random regular graphs."}
+        assert httpx.post(f"{base}/v1/classify", json=text).status_code == 200
+        time.sleep(1.0)  # lets a background version check, if any, start (not a bound)
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    assert lookups.read_text() == ""
+
+
+def test_a_bug_in_the_batcher_is_a_500_with_an_incident_logged_once(make_settings, caplog):
+    from llm_router.chain import Unavailable
+    from llm_router.errors import LLMUnavailable
+    from llm_router.router import Router
+
+    class Exploding:
+        name = "tfidf"
+
+        def classify(self, text):
+            raise RuntimeError("a bug")
+
+        def classify_batch(self, texts):
+            raise RuntimeError("a bug")
+
+    no_key = Unavailable(LLMUnavailable("no key", reason="no_api_key"))
+    router = Router([no_key, Exploding()])
+    settings = make_settings(api_key=None)
+    app = create_app(settings, router=router, ui=False)
+    with caplog.at_level("ERROR", logger="llm_router.service.app"), LiveServer(app) as live:
+        reply = httpx.post(f"{live.url}/v1/classify", json={"text": "an abstract"})
+    assert reply.status_code == 500
+    error = reply.json()["error"]
+    assert error["type"] == "internal" and "\n" not in error["message"]
+    incident = error["message"].split("incident ")[1].split(")")[0]
+    logged = [r for r in caplog.records if incident in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
