@@ -18,6 +18,7 @@ import numpy as np
 
 from fallback_models.artifacts import MANIFEST, read_manifest, sha256_file
 from fallback_models.ensemble import fit_pool, pool
+from fallback_models.scoring import score
 from llm_router.errors import ModelNotAvailable
 
 if TYPE_CHECKING:
@@ -99,8 +100,6 @@ def fit_with_tfidf(
 ) -> dict[str, Any]:
     """The ensemble's weights and temperature, fitted on the held-out rows, and its test
     metrics on the full test split (for the chain's order)."""
-    from fallback_models.train import score
-
     labels = dataset.labels
     y_cal = np.array([labels.index(t) for t in dataset.y(cal_idx)])
     cal_texts = dataset.texts(cal_idx)

@@ -15,11 +15,7 @@ from tqdm.auto import tqdm
 from fallback_models.artifacts import library_versions
 from fallback_models.data import DataError, Paper, data_fingerprint, load_papers, split_ids
 from fallback_models.scoring import (
-    confused_pairs,
-    expected_calibration_error,
-    f1_scores,
-    macro_weighted_f1,
-    top_k_accuracy,
+    score,
 )
 from llm_router.labels import MIN_ROWS, LabelSet
 
@@ -154,46 +150,6 @@ def evaluate(
     metrics = score(proba, model.labels, truth, listed)
     metrics["inference_ms_per_text"] = seconds * 1000 / max(1, len(texts))
     return metrics
-
-
-def score(
-    proba: np.ndarray,
-    labels: LabelSet,
-    truth: Sequence[str],
-    listed: Sequence[set[str]] | None = None,
-) -> dict[str, Any]:
-    """Top-1, top-5, macro/weighted F1, the calibration error of the top-1 probability, the
-    worst classes and the most confused pairs; with ``listed`` (each row's listed categories)
-    also the share of rows whose top-1 is one of them."""
-    top = np.argsort(-proba, axis=1)[:, :5]
-    names = labels.labels
-    predicted = [names[row[0]] for row in top]
-    candidates = [[names[i] for i in row] for row in top]
-    macro, weighted = macro_weighted_f1(truth, predicted)
-    correct = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
-    extra = {}
-    if listed is not None:
-        extra["top1_listed"] = float(
-            np.mean([p in cats for p, cats in zip(predicted, listed, strict=True)])
-        )
-    per_class = f1_scores(truth, predicted)
-    support = {label: truth.count(label) for label in set(truth)}
-    worst = sorted(support, key=lambda c: (per_class[c], c))[:10]
-    return {
-        "test_rows": len(truth),
-        "top1": float(correct.mean()),
-        "top5": top_k_accuracy(truth, candidates, 5),
-        **extra,
-        "ece": expected_calibration_error(proba.max(axis=1), correct),
-        "macro_f1": macro,
-        "weighted_f1": weighted,
-        "worst_classes": [
-            {"label": c, "f1": round(per_class[c], 4), "support": support[c]} for c in worst
-        ],
-        "confused_pairs": [
-            {"true": t, "predicted": p, "count": n} for t, p, n in confused_pairs(truth, predicted)
-        ],
-    }
 
 
 def train_tfidf(dataset: Dataset, out: Path, config: Any = None) -> dict[str, Any]:
