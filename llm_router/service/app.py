@@ -33,6 +33,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_router.errors import ClassifierError, RouterError, reason_of
 from llm_router.reasons import Reason
@@ -193,6 +194,15 @@ def create_app(
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_input", _one_line(exc))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own errors in the documented shape; a body it could not parse at all
+        (invalid UTF-8, JSON nested too deep, a number too long) is an invalid input."""
+        if exc.status_code == 400:
+            return error_response(422, "invalid_input", f"the body is not valid JSON: {exc.detail}")
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail), **(exc.headers or {}))
+
     async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(workers, function, *args)
 
@@ -207,6 +217,7 @@ def create_app(
         else:
             outcome = await in_thread(_classify_one, router_, body.text)
         if isinstance(outcome, Exception):
+            metrics.failed(outcome)
             row = _row_error(outcome)
             status = {"invalid_input": 422, "internal": 500}.get(row["error"]["type"], 503)
             return JSONResponse(row, status_code=status)
@@ -227,13 +238,18 @@ def create_app(
         if "batcher" in state:  # local models only: one vectorised call
             results = await in_thread(router_.classify_batch, body.texts)
         else:
-            results = await in_thread(_classify_rows_threaded, router_, body.texts)
+            # Rows go to the service's own workers (LLM_ROUTER_SERVER_MAX_INFLIGHT threads in
+            # all), never to threads of their own outside that limit.
+            results = await asyncio.gather(
+                *(in_thread(_classify_one, router_, text) for text in body.texts)
+            )
         rows = []
         for result in results:
             if isinstance(result, Classification):
                 metrics.classified(result)
                 rows.append(result.model_dump(mode="json"))
             else:
+                metrics.failed(result)
                 rows.append(_row_error(result))
         return JSONResponse({"results": rows})
 
@@ -262,14 +278,6 @@ def create_app(
 
         mount_page(app, lambda: state["router"], settings, token, metrics)
     return app
-
-
-def _classify_rows_threaded(router: Router, texts: list[Any]) -> list[Classification | Exception]:
-    """A batch with the LLM in play: rows in flight 8 at a time, errors in place."""
-    results: list[Classification | Exception] = list(
-        router.classify_many(texts, concurrency=8, return_exceptions=True)
-    )
-    return results
 
 
 def _classify_one(router: Router, text: object) -> Classification | Exception:

@@ -123,6 +123,8 @@ def build_page(
                 return (f"⚠️ {exc}", "", *hidden)
             return (f"⚠️ {exc}. Paste an abstract first.", "", *hidden)
         except RouterError as exc:
+            if metrics is not None:
+                metrics.failed(exc)
             return (f"⚠️ No classifier could answer: {exc}", "", *hidden)
         if metrics is not None:
             metrics.classified(result)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from llm_router.schemas import Classification
+from llm_router.errors import spent_by
+from llm_router.schemas import Classification, Usage
 
 
 class ServiceMetrics:
@@ -51,7 +52,14 @@ class ServiceMetrics:
         self.classifications.labels(result.source, result.fallback_reason or "none").inc()
         if result.cached:
             self.cache_hits.inc()
-        usage = result.usage
+        self.spent(result.usage)
+
+    def failed(self, error: BaseException) -> None:
+        """A row no classifier answered: what its LLM attempts cost still counts."""
+        self.spent(spent_by(error))
+
+    def spent(self, usage: Usage | None) -> None:
+        """Every HTTP attempt to the LLM, failed ones included, with its tokens and cost."""
         if usage is not None:
             self.llm_requests.inc(usage.requests)
             self.llm_tokens.labels("prompt").inc(usage.prompt_tokens)

@@ -434,3 +434,64 @@ def test_a_bug_in_the_batcher_is_a_500_with_an_incident_logged_once(make_setting
     incident = error["message"].split("incident ")[1].split(")")[0]
     logged = [r for r in caplog.records if incident in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+def test_metrics_count_the_spend_of_rows_that_end_in_an_error(serve, server, tmp_path):
+    """Nonsense twice (the answer, then the corrective re-ask), and no local model: the row
+    fails, but both paid attempts reach the counters."""
+    server.default = lambda _b: Reply.answer(
+        "not-a-label", prompt_tokens=100, completion_tokens=5, cost=0.002
+    )
+    live = serve(model_dir=tmp_path / "no-models")
+    reply = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT})
+    assert reply.status_code == 503 and server.count == 2
+    text = httpx.get(f"{live.url}/metrics").text
+    for line in (
+        "llm_router_llm_requests_total 2.0",
+        'llm_router_llm_tokens_total{kind="prompt"} 200.0',
+        'llm_router_llm_tokens_total{kind="completion"} 10.0',
+        "llm_router_llm_cost_usd_total 0.004",
+    ):
+        assert line in text, line
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"text": "caf\xe9 \xff"}',  # not UTF-8
+        b"[" * 50_000 + b"]" * 50_000,  # nested too deep
+        b'{"text": ' + b"9" * 5_000 + b"}",  # a number too long to parse
+    ],
+    ids=["invalid-utf8", "nested-50000", "5000-digits"],
+)
+def test_a_body_that_cannot_be_parsed_gets_the_documented_422(serve, server, body):
+    live = serve()
+    reply = httpx.post(
+        f"{live.url}/v1/classify", content=body, headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_input" and "\n" not in error["message"]
+    assert server.count == 0
+
+
+def test_a_batch_stays_within_the_inflight_limit(serve, server):
+    lock = threading.Lock()
+    active = [0, 0]  # now, peak
+
+    def slow(_body):
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        time.sleep(0.2)  # holds the request open so that overlaps show (not a time bound)
+        with lock:
+            active[0] -= 1
+        return Reply.answer("math.AP")
+
+    server.default = slow
+    live = serve(server_max_inflight=2, cache=False)
+    texts = [f"{TEXT} ({i})" for i in range(6)]
+    reply = httpx.post(f"{live.url}/v1/classify/batch", json={"texts": texts}, timeout=60)
+    assert reply.status_code == 200
+    assert [r["label"] for r in reply.json()["results"]] == ["math.AP"] * 6
+    assert 1 <= active[1] <= 2
