@@ -328,7 +328,7 @@ def _run_one(
             snap = budget.snapshot()
             bar.update(1)
             bar.set_postfix(
-                acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['cost_usd']:.4f}"
+                acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['spent_usd']:.4f}"
             )
 
         return run_concurrent(system, rows, concurrency, done, stop)

@@ -17,7 +17,7 @@ from llm_router.errors import ClassifierError, RouterError, reason_of, spent_by
 from llm_router.llm.budget import Budget
 from llm_router.llm.ratelimit import RateLimiter
 from llm_router.router import Router
-from llm_router.schemas import Classification
+from llm_router.schemas import Classification, Usage
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,10 @@ class RowResult:
 
     @classmethod
     def failed(
-        cls, row: Row, reason: str, latency_ms: float, requests: int = 0, tokens: int = 0
+        cls, row: Row, reason: str, latency_ms: float, spent: Usage | None = None
     ) -> RowResult:
+        """A row no classifier answered; ``spent`` is what its paid attempts cost, which
+        counts in every figure (tokens, cost, per-row and per-1k-row figures)."""
         return cls(
             row.paper.id,
             row.truth,
@@ -85,8 +87,10 @@ class RowResult:
             False,
             reason,
             latency_ms,
-            requests=requests,
-            prompt_tokens=tokens,
+            requests=spent.requests if spent else 0,
+            prompt_tokens=spent.prompt_tokens if spent else 0,
+            completion_tokens=spent.completion_tokens if spent else 0,
+            cost_usd=(spent.cost_usd or 0.0) if spent else 0.0,
             listed=row.listed,
         )
 
@@ -151,7 +155,7 @@ def run_local(system: System, rows: Sequence[Row], batch_size: int = 256) -> lis
             results = [_classify_or_error(system.classifier, t) for t in texts]
         for row, result in zip(chunk, results, strict=True):
             if isinstance(result, Exception):
-                outcomes.append(RowResult.failed(row, reason_of(result), 0.0))
+                outcomes.append(RowResult.failed(row, reason_of(result), 0.0, spent_by(result)))
             else:
                 outcomes.append(RowResult.of(row, result, result.latency_ms))
     return outcomes
@@ -184,14 +188,8 @@ def run_concurrent(
         try:
             result = classifier.classify(row.paper.text)
         except (RouterError, TypeError, ValueError) as exc:
-            spent = spent_by(exc)
-            return RowResult.failed(
-                row,
-                reason_of(exc),
-                (time.perf_counter() - started) * 1000,
-                requests=spent.requests if spent else 0,
-                tokens=spent.prompt_tokens if spent else 0,
-            )
+            latency_ms = (time.perf_counter() - started) * 1000
+            return RowResult.failed(row, reason_of(exc), latency_ms, spent_by(exc))
         return RowResult.of(row, result, (time.perf_counter() - started) * 1000)
 
     results: dict[int, RowResult] = {}

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Literal, overload
 
 from llm_router.chain import LazyClassifier, Unavailable, build_chain, llm_classifier
@@ -268,38 +269,59 @@ def _spent(errors: list[ClassifierError]) -> Usage | None:
 
 _ROUTERS_MAX = 8
 _routers: OrderedDict[Settings, Router] = OrderedDict()
+_in_flight: Counter[int] = Counter()  # id(router) → route() calls using it now
+_retired: dict[int, Router] = {}  # evicted while in use: closed by the last call to finish
 _routers_lock = threading.Lock()
 
 
-def _default_router(settings: Settings) -> Router:
-    """The router for ``settings``, built once; the least recently used of more than
-    ``_ROUTERS_MAX`` is closed and dropped."""
+@contextmanager
+def _borrowed(settings: Settings) -> Iterator[Router]:
+    """The router for ``settings``, built once and held for one call. The least recently used
+    of more than ``_ROUTERS_MAX`` is dropped, and closed once no call is using it."""
     with _routers_lock:
         router = _routers.get(settings)
         if router is not None:
             _routers.move_to_end(settings)
-            return router
-    built = Router.from_settings(settings)  # outside the lock: it may load models
-    evicted: list[Router] = []
-    with _routers_lock:
-        router = _routers.setdefault(settings, built)
-        _routers.move_to_end(settings)
-        while len(_routers) > _ROUTERS_MAX:
-            evicted.append(_routers.popitem(last=False)[1])
-    if router is not built:
-        evicted.append(built)  # another thread built the same one first
-    for old in evicted:
-        old.close()
-    return router
+            _in_flight[id(router)] += 1
+    if router is None:
+        built = Router.from_settings(settings)  # outside the lock: it may load models
+        evicted: list[Router] = []
+        with _routers_lock:
+            router = _routers.setdefault(settings, built)
+            _routers.move_to_end(settings)
+            _in_flight[id(router)] += 1
+            while len(_routers) > _ROUTERS_MAX:
+                evicted.append(_routers.popitem(last=False)[1])
+            if router is not built:
+                evicted.append(built)  # another thread built the same one first
+            idle = [old for old in evicted if not _in_flight[id(old)]]
+            _retired.update((id(old), old) for old in evicted if _in_flight[id(old)])
+        for old in idle:
+            old.close()
+    try:
+        yield router
+    finally:
+        with _routers_lock:
+            _in_flight[id(router)] -= 1
+            last = not _in_flight[id(router)]
+            if last:
+                del _in_flight[id(router)]
+            retired = _retired.pop(id(router), None) if last else None
+        if retired is not None:
+            retired.close()
 
 
 def route(text: str, *, settings: Settings | None = None) -> Classification:
     """Classify one abstract with the default chain (built once per distinct settings)."""
-    return _default_router(settings or Settings()).classify(text)
+    with _borrowed(settings or Settings()) as router:
+        return router.classify(text)
 
 
 async def aroute(text: str, *, settings: Settings | None = None) -> Classification:
     """Async :func:`route`; the router is built off the event loop on first use."""
-    settings = settings or Settings()
-    router = await asyncio.to_thread(_default_router, settings)
-    return await router.aclassify(text)
+    borrowed = _borrowed(settings or Settings())
+    router = await asyncio.to_thread(borrowed.__enter__)
+    try:
+        return await router.aclassify(text)
+    finally:
+        borrowed.__exit__(None, None, None)

@@ -281,7 +281,7 @@ def _tick(bar: Any, n: int) -> None:
     bar.update(n)
     snap = bar.budget.snapshot()
     bar.set_postfix(
-        skipped=bar.tally.summary.skipped, req=snap["requests"], usd=f"{snap['cost_usd']:.4f}"
+        skipped=bar.tally.summary.skipped, req=snap["requests"], usd=f"{snap['spent_usd']:.4f}"
     )
 
 

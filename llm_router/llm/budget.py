@@ -76,7 +76,8 @@ class Budget:
         self.max_cost_usd = max_cost_usd
         self.requests = 0
         self.tokens = 0
-        self.cost_usd = 0.0
+        self.cost_usd = 0.0  # settled costs plus what requests in flight have reserved
+        self.spent_usd = 0.0  # settled costs only: money spent, which never goes down
         self.untrusted_costs = 0
         self._max_cost_seen: float | None = None
         self._max_cost_per_token = 0.0
@@ -169,6 +170,8 @@ class Budget:
                 "requests": self.requests,
                 "tokens": self.tokens,
                 "cost_usd": round(self.cost_usd, 6),
+                "spent_usd": round(self.spent_usd, 6),
+                "reserved_usd": round(self.cost_usd - self.spent_usd, 6),
                 "max_requests": self.max_requests,
                 "max_tokens": self.max_tokens,
                 "max_cost_usd": self.max_cost_usd,
@@ -191,6 +194,7 @@ class Budget:
         reservation.settled = True
         self.tokens += tokens - reservation.tokens
         self.cost_usd += cost - reservation.cost_usd
+        self.spent_usd += cost
         if reservation.blind:
             self._blind_in_flight = False
             self._lock.notify_all()

@@ -451,3 +451,22 @@ def test_every_strategy_is_a_system_on_the_same_rows(env, server, tmp_path, samp
         == 8
     ]
     assert len(sent) == 12 and server.count == 24
+
+
+def test_a_row_that_fails_after_paid_attempts_counts_in_every_figure():
+    from eval.report import llm_economics
+    from eval.sampling import Row
+    from eval.systems import RowResult
+    from fallback_models.data import Paper
+    from llm_router.errors import AllClassifiersFailed, LLMResponseInvalid, spent_by
+    from llm_router.schemas import Usage
+
+    nonsense = LLMResponseInvalid("not a label, twice")
+    nonsense.usage = Usage(prompt_tokens=200, completion_tokens=10, cost_usd=0.0021, requests=2)
+    failure = AllClassifiersFailed([nonsense])
+    row = Row(Paper("1", "an abstract", "cs.CV"), "cs.CV", frozenset({"cs.CV"}))
+    result = RowResult.failed(row, "invalid_label", 1.0, spent_by(failure))
+    figures = llm_economics([result])
+    assert figures["completion_tokens_per_row"] == 10
+    assert figures["cost_usd_per_1k_rows"] == pytest.approx(2.1)
+    assert figures["prompt_tokens_per_row"] == 200

@@ -441,3 +441,18 @@ def test_the_weaker_local_model_does_not_go_first_by_default(tmp_path):
     assert build_chain(Settings(model_dir=tmp_path)).order == ("bert", "tfidf")
     _manifest(tmp_path, "bert", 0.41, test_ids=("c",))  # another split: not comparable
     assert build_chain(Settings(model_dir=tmp_path)).order == ("bert", "tfidf")
+
+
+def test_money_spent_never_goes_down_while_reservations_settle():
+    """The progress bars show ``spent_usd``: settled costs only. A reservation that settles
+    lower than it was estimated moves ``cost_usd`` down, never the money spent."""
+    budget = Budget(max_cost_usd=1.0, price=Price(10.0, 10.0))
+    first, second = budget.reserve(1000, 64), budget.reserve(1000, 64)
+    seen = [budget.snapshot()["spent_usd"]]
+    assert seen == [0.0] and budget.snapshot()["reserved_usd"] > 0
+    budget.settle(first, 100, 5, 0.0002)
+    seen.append(budget.snapshot()["spent_usd"])
+    budget.settle(second, 90, 5, 0.0001)
+    seen.append(budget.snapshot()["spent_usd"])
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(0.0003)
+    assert budget.snapshot()["reserved_usd"] == 0.0

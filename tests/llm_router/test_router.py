@@ -227,3 +227,33 @@ def test_a_failed_local_load_is_tried_again_after_a_back_off_and_a_new_model_is_
     now[0] = 9.0
     assert lazy.classify("x").label == "math.CO"
     assert attempts == [0.0, 5.0, 7.0, 9.0]
+
+
+def test_route_never_closes_a_router_that_has_a_call_in_flight(make_settings, server):
+    """route() keeps eight routers; one evicted while another thread is still using it is
+    closed only when that call ends."""
+    import llm_router.router as router_module
+
+    entered, release = threading.Event(), threading.Event()
+
+    def held(_body):
+        entered.set()
+        release.wait(30)  # the call stays in flight until the evictions are done
+        return Reply.answer("hep-th")
+
+    server.default = held
+    results = []
+    first = threading.Thread(
+        target=lambda: results.append(route("A paper", settings=make_settings(cache=False)))
+    )
+    first.start()
+    assert entered.wait(30)
+    server.default = lambda _b: Reply.answer("cs.CV")
+    for i in range(router_module._ROUTERS_MAX + 1):  # evicts the first router
+        route("Another paper", settings=make_settings(cache=False, max_input_chars=1000 + i))
+    evicted = [r for r in router_module._retired.values()]
+    assert len(evicted) == 1  # kept open for the call in flight
+    release.set()
+    first.join(30)
+    assert [r.label for r in results] == ["hep-th"]
+    assert router_module._retired == {}  # closed once the call ended
