@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 import time
 from enum import Enum
 
@@ -32,7 +33,15 @@ class CircuitBreaker:
     answering, so it neither trips the breaker nor fails a probe.
     """
 
-    def __init__(self, threshold: int, cooldown_s: float, auth_cooldown_s: float) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        cooldown_s: float,
+        auth_cooldown_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self.auth_cooldown_s = auth_cooldown_s
@@ -53,10 +62,10 @@ class CircuitBreaker:
         with self._lock:
             if not self._open:
                 return False
-            if time.monotonic() >= self._open_until and not self._probe_out:
+            if self.clock() >= self._open_until and not self._probe_out:
                 self._probe_out = True
                 return True
-            left = max(0.0, self._open_until - time.monotonic())
+            left = max(0.0, self._open_until - self.clock())
         raise LLMUnavailable(
             f"LLM switched off after {self.cause} (retried in {left:.0f} s)",
             reason=Reason.CIRCUIT_OPEN,
@@ -96,5 +105,5 @@ class CircuitBreaker:
             self.trips += 1
             logger.warning("LLM switched off for %.0f s after %s", seconds, reason)
         self._open = True
-        self._open_until = time.monotonic() + seconds
+        self._open_until = self.clock() + seconds
         self.cause = reason

@@ -10,7 +10,7 @@ import pytest
 
 from llm_router import AllClassifiersFailed, Classification, Router, aroute, route
 from llm_router.labels import LabelSet
-from llm_router.llm.ratelimit import RateLimiter
+from llm_router.llm.ratelimit import RateLimiter, Schedule
 from llm_router.router import llm_classifier
 from llm_router.testing import Reply
 from tests.conftest import TEST_KEY
@@ -131,37 +131,72 @@ def test_route_uses_environment_settings(server, tmp_path, monkeypatch):
     assert server.count == 1
 
 
+class SteppingClock:
+    """Time that moves only when someone sleeps (every sleeper moves it for all)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += max(seconds, 1e-6)
+
+
+class RecordingLimiter(RateLimiter):
+    """Records, for every caller, the slot it was given and when it went on."""
+
+    def __init__(self, rpm: float, clock: SteppingClock) -> None:
+        self.mine = threading.local()
+        self.log: list[tuple[float, float]] = []
+        schedule = Schedule(rpm, clock=clock)
+        reserve = schedule.reserve
+
+        def recorded() -> float:
+            self.mine.slot = reserve()
+            return self.mine.slot
+
+        schedule.reserve = recorded  # type: ignore[method-assign]
+        super().__init__(slots=schedule, clock=clock, sleep=clock.sleep)
+
+    def acquire(self, abort=None):
+        waited = super().acquire(abort)
+        self.log.append((self.mine.slot, self.clock()))
+        return waited
+
+
+def assert_spaced(log: list[tuple[float, float]], interval: float, n: int) -> None:
+    slots = sorted(slot for slot, _ in log)
+    assert len(slots) == n
+    assert min(b - a for a, b in zip(slots, slots[1:], strict=False)) >= interval - 1e-9
+    assert all(went_on >= slot for slot, went_on in log)  # nobody left before its slot
+
+
 def test_rpm_limit_spaces_requests_across_threads(make_settings, server):
     settings = make_settings(rpm=600, cache=False)  # one request per 0.1 s
-    router = chain(settings, limiter=RateLimiter(settings.rpm))
+    limiter = RecordingLimiter(settings.rpm, SteppingClock())
+    router = chain(settings, limiter=limiter)
     router.classify_many([f"{TEXT} {i}" for i in range(8)], concurrency=8)
-    times = sorted(r.at for r in server.requests)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert len(times) == 8
-    assert min(gaps) >= 0.08  # no burst: every request waits for its own slot
-    assert times[-1] - times[0] >= 0.65
+    assert server.count == 8
+    assert_spaced(limiter.log, 0.1, 8)  # no burst: every request waited for its own slot
 
 
 def test_rate_limiter_holds_across_raw_threads():
-    limiter = RateLimiter(rpm=1200)  # 50 ms apart
-    stamps: list[float] = []
-    lock = threading.Lock()
+    limiter = RecordingLimiter(1200, SteppingClock())  # 50 ms apart
 
     def worker():
         for _ in range(3):
             limiter.acquire()
-            import time
-
-            with lock:
-                stamps.append(time.monotonic())
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    stamps.sort()
-    assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.04
+    assert_spaced(limiter.log, 0.05, 12)
 
 
 def test_the_key_never_appears_in_logs_or_errors(make_settings, server, caplog):
