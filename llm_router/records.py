@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, overload
 
+from llm_router.errors import RouterError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".csv")
 
 
-class DataError(ValueError):
-    """The data source is missing, unreadable, unreachable or lacks required columns."""
+class DataError(RouterError, ValueError):
+    """The data source is missing, unreadable, unreachable or lacks required columns (a
+    :class:`~llm_router.errors.RouterError`, as everything the package raises on purpose)."""
 
 
 @overload

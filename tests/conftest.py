@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,13 @@ import pytest
 
 from llm_router import Settings
 from llm_router.testing import ChatServer, fixed_label
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test interrupts: a shell starts background jobs with
+    SIGINT ignored and children inherit that, so the child restores the default first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arxiv"
 ABSTRACTS = SHARED_DATA / "arxiv_abstracts.jsonl.gz"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from enum import Enum
 
 from llm_router.errors import LLMUnavailable

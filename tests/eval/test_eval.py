@@ -12,7 +12,7 @@ import pytest
 
 from eval.__main__ import main
 from llm_router.testing import Reply
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, default_sigint
 
 
 @pytest.fixture
@@ -251,6 +251,7 @@ def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_p
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "eval", *args, "--out", str(out)],
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -18,7 +18,7 @@ from llm_router.corpus.job import classify_file
 from llm_router.corpus.sink import COLUMNS
 from llm_router.records import DataError
 from llm_router.testing import ChatServer, Reply
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, default_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,6 +195,7 @@ def _job(source: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*command, "--concurrency", "2"],
         cwd=ROOT,
+        preexec_fn=default_sigint,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

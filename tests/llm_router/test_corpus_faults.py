@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llm_router.testing import ChatServer, Reply
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, default_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +161,7 @@ def test_ctrl_c_with_worker_processes_keeps_every_written_row_and_a_rerun_comple
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a group of its own, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     while not out.is_file() or out.read_bytes().count(b"\n") < 64 * 5:
         assert job.poll() is None, job.communicate()
