@@ -4,14 +4,13 @@ Protocol: labels balanced over the whole file (< 100 rows -> archive -> other), 
 stratified test split (the same one `python -m fallback_models train` saves). In one run:
 the notebook's TF-IDF(stop_words="english", max_features=10000) + one-vs-rest logistic
 regression, and our `tfidf` model (training time, top-1/top-5/macro-F1, inference time per
-abstract one at a time and batched), plus a trained BERT model when --bert-dir is given.
+abstract one at a time and batched). BERT and the ensemble, next to TF-IDF, are measured by
+``bench/local_models.py``.
 
 Single-text latency is measured twice: the model's own ``classify`` and the whole
 ``Router.classify`` path (no API key, so the router answers from the local model at once).
-With ``--bert-dir`` the BERT model and the ``ensemble`` (BERT and TF-IDF averaged) are
-evaluated on the same rows.
 
-Run: python bench/fallback_accuracy.py [--bert-dir models/bert] [--out bench/results/fallback.json]
+Run: python bench/fallback_accuracy.py [--out bench/results/fallback.json]
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench._common import ABSTRACTS, emit  # noqa: E402
-from fallback_models.ensemble import EnsembleClassifier  # noqa: E402
 from fallback_models.tfidf import TfidfClassifier  # noqa: E402
 from fallback_models.train import evaluate, prepare_dataset  # noqa: E402
 from llm_router import Router, Settings  # noqa: E402
@@ -74,8 +72,6 @@ def _single_ms(classify: Callable[[str], object], texts: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ABSTRACTS))
-    parser.add_argument("--bert-dir", type=Path, help="a trained bert model to evaluate too")
-    parser.add_argument("--max-bert-test", type=int, help="evaluate BERT on a seeded subset")
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument(
         "--tfidf-dir", type=Path, help="evaluate this trained tfidf model instead of training one"
@@ -141,38 +137,6 @@ def main() -> None:
     }
     print(f"tfidf: top1 {m['top1']:.4f} top5 {m['top5']:.4f}", file=sys.stderr)
 
-    if args.bert_dir:
-        from fallback_models.bert import BertClassifier
-
-        bert = BertClassifier.load(args.bert_dir)
-        idx = list(range(len(test_x)))
-        if args.max_bert_test and args.max_bert_test < len(idx):
-            idx = sorted(
-                np.random.default_rng(ds.seed).choice(idx, args.max_bert_test, replace=False)
-            )
-        sub_x, sub_y = [test_x[i] for i in idx], [test_y[i] for i in idx]
-        sub_listed = [listed[i] for i in idx]
-        bm = evaluate(bert, sub_x, sub_y, batch=256, listed=sub_listed)
-        tm = evaluate(model, sub_x, sub_y, listed=sub_listed)
-        em = evaluate(EnsembleClassifier([bert, model]), sub_x, sub_y, batch=256, listed=sub_listed)
-        keys = ("top1", "top5", "top1_listed", "macro_f1", "ece")
-        results["same_rows"] = {
-            "rows": len(idx),
-            "tfidf": {k: tm[k] for k in keys},
-            "bert": {k: bm[k] for k in keys},
-            "ensemble": {k: em[k] for k in keys},
-        }
-        manifest = json.loads((args.bert_dir / "manifest.json").read_text())
-        results["bert"] = {
-            "device": bert.device,
-            "trained": {
-                k: manifest["metrics"].get(k) for k in ("train_rows", "train_seconds", "device")
-            },
-            "test_rows": len(idx),
-            **{k: bm[k] for k in ("top1", "top5", "macro_f1", "weighted_f1", "ece")},
-            "batched_ms_per_abstract": round(bm["inference_ms_per_text"], 3),
-            "worst_classes": bm["worst_classes"][:5],
-        }
     emit("fallback_accuracy", results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

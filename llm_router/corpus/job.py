@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 Engine = Literal["local", "ray"]
 
 
-# -- input -----------------------------------------------------------------------------------
 # -- the job ---------------------------------------------------------------------------------
 def classify_file(
     input: str | Path,  # noqa: A002 - the CLI's name for it
