@@ -15,12 +15,25 @@
 8. Dead endpoint: `python -m eval --n 10` on defaults (rpm 20, concurrency 4) against a
    port that refuses connections; wall time, requests spent, reasons (needs models/tfidf).
 
+Nothing lost (the commands as a user runs them; need models/tfidf):
+9. A corpus job whose .jsonl has 3 malformed lines among 1,000 rows: exit code, rows written.
+10. A re-run after an unanswerable run: the endpoint down (503) and no local model, then back.
+11. Ctrl-C (to the process group) of a local-model job with 2 worker processes: rows kept,
+    and the re-run's rows: every id once.
+12. `train` interrupted (SIGINT) over an existing model: is the old model intact and loadable?
+13. A service started before its model: /readyz before and after the model appears.
+
 Run: python bench/reliability.py
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -273,10 +286,199 @@ def dead_endpoint_eval() -> dict[str, object]:
     }
 
 
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _rows(n: int) -> list[dict[str, object]]:
+    return [{"id": f"r{i}", "abstract": text} for i, text in enumerate(real_abstracts(n))]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llm_router", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _summary(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    lines = done.stdout.strip().splitlines()
+    return dict(pair.split("=", 1) for pair in lines[-1].split()) if lines else {}
+
+
+def bad_lines() -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = [json.dumps(r) for r in _rows(1000)]
+        lines[10:10] = ["{not json", "[1, 2]", "42"]
+        source = Path(tmp) / "in.jsonl"
+        source.write_text("\n".join(lines) + "\n")
+        out = Path(tmp) / "out.jsonl"
+        done = _cli(
+            "classify", str(source), "-o", str(out), env={"LLM_ROUTER_MODEL_DIR": str(MODELS)}
+        )
+        return {
+            "exit": done.returncode,
+            "rows_written": len(out.read_text().splitlines()) if out.is_file() else 0,
+            "failed_bad_line": _summary(done).get("failed_bad_line"),
+            "line_numbers_logged": sum(f"line {n}:" in done.stderr for n in (11, 12, 13)),
+        }
+
+
+def rerun_after_unanswerable() -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp, ChatServer() as server:
+        source = Path(tmp) / "in.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in _rows(30)))
+        out = Path(tmp) / "out.jsonl"
+        env = {
+            "LLM_ROUTER_API_KEY": "bench",
+            "LLM_ROUTER_BASE_URL": server.url,
+            "LLM_ROUTER_MODEL_DIR": str(Path(tmp) / "none"),
+            "LLM_ROUTER_CACHE": "off",
+            "LLM_ROUTER_MAX_ATTEMPTS": "1",
+        }
+        server.default = lambda _body: Reply(status=503)
+        down = _cli("classify", str(source), "-o", str(out), env=env)
+        server.default = answer
+        back = _cli("classify", str(source), "-o", str(out), env=env)
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        return {
+            "down": {"exit": down.returncode, "error": down.stderr.strip().splitlines()[-1]},
+            "back": {
+                "exit": back.returncode,
+                **{k: _summary(back)[k] for k in ("classified", "failed")},
+            },
+            "rows_in_output": len(ids),
+            "distinct_ids": len(set(ids)),
+        }
+
+
+def ctrl_c_with_workers() -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _rows(6000)
+        source = Path(tmp) / "in.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = Path(tmp) / "out.jsonl"
+        env = {**os.environ, "LLM_ROUTER_MODEL_DIR": str(MODELS)}
+        command = [sys.executable, "-m", "llm_router", "classify", str(source), "-o", str(out)]
+        job = subprocess.Popen(
+            [*command, "--chunk-size", "256", "--workers", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        while job.poll() is None and (not out.is_file() or out.read_bytes().count(b"\n") < 1500):
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGINT)
+        stdout, _stderr = job.communicate(timeout=300)
+        kept = len(out.read_text().splitlines())
+        reported = _summary(subprocess.CompletedProcess([], 0, stdout, "")).get("classified")
+        _cli("classify", str(source), "-o", str(out), env={"LLM_ROUTER_MODEL_DIR": str(MODELS)})
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        return {
+            "exit": job.returncode,
+            "rows_kept": kept,
+            "summary_classified": reported,
+            "after_rerun": {"rows": len(ids), "distinct": len(set(ids)), "input": len(rows)},
+        }
+
+
+def train_interrupted() -> dict[str, object]:
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "models"
+        shutil.copytree(MODELS / "tfidf", root / "tfidf")
+        before = (root / "tfidf" / "manifest.json").read_bytes()
+        data = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv"
+        job = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fallback_models",
+                "train",
+                "tfidf",
+                "--out",
+                str(root),
+                "--data",
+                str(data / "arxiv_abstracts.jsonl.gz"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        time.sleep(20)  # inside training (loading, featurising, the heads)
+        job.send_signal(signal.SIGINT)
+        _stdout, stderr = job.communicate(timeout=120)
+        from fallback_models.tfidf import TfidfClassifier
+
+        TfidfClassifier.load(root / "tfidf")  # raises if the old model was damaged
+        return {
+            "exit": job.returncode,
+            "said": stderr.strip().splitlines()[-1],
+            "old_model_unchanged": (root / "tfidf" / "manifest.json").read_bytes() == before,
+            "old_model_loads": True,
+            "left_in_root": sorted(p.name for p in root.iterdir()),
+        }
+
+
+def service_before_model() -> dict[str, object]:
+    import shutil
+    import socket
+
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        root = Path(tmp) / "models"
+        env = {**os.environ, "LLM_ROUTER_MODEL_DIR": str(root), "LLM_ROUTER_MODEL_RETRY_S": "1"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "llm_router", "serve", "--port", str(port), "--no-ui"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                try:
+                    before = httpx.get(f"{base}/readyz").status_code
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            shutil.copytree(MODELS / "tfidf", root / "tfidf")
+            appeared = time.perf_counter()
+            while httpx.get(f"{base}/readyz").status_code != 200:
+                time.sleep(0.1)
+            ready_after = time.perf_counter() - appeared
+            answer = httpx.post(f"{base}/v1/classify", json={"text": real_abstracts(1)[0]})
+        finally:
+            server.terminate()
+            server.wait(30)
+        return {
+            "readyz_before": before,
+            "ready_after_model_s": round(ready_after, 2),
+            "classify_after": answer.status_code,
+            "source": answer.json().get("source"),
+        }
+
+
 def main() -> None:
     emit(
         "reliability",
         {
+            "corpus_bad_lines": bad_lines(),
+            "corpus_rerun_after_unanswerable": rerun_after_unanswerable(),
+            "corpus_ctrl_c_with_workers": ctrl_c_with_workers(),
+            "train_interrupted_over_a_model": train_interrupted(),
+            "service_started_before_its_model": service_before_model(),
             "flaky": flaky(),
             "endpoint_loss": endpoint_loss(),
             "budget": budget(),

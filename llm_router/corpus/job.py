@@ -335,7 +335,12 @@ def _run_chunked(
             if future.done() and not future.cancelled() and future.exception() is None:
                 _write_rows(future.result(), sink, tally, bar)
         raise
-    finally:  # on Ctrl-C or an error, do not wait for chunks nobody will write
+    finally:
+        if not finished:  # Ctrl-C or an error: stop the workers now, do not wait for them
+            # (3.11 has no public terminate; an orphaned worker would keep the job's
+            # stdout open and live on after it)
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
         pool.shutdown(wait=finished, cancel_futures=True)
 
 

@@ -276,7 +276,14 @@ def create_app(
     if ui:
         from llm_router.service.page import mount_page
 
-        mount_page(app, lambda: state["router"], settings, token, metrics)
+        async def admit(work: Callable[[], Any]) -> Any:
+            """The page's work under the same admission as /v1 requests; None when full."""
+            admission: Admission | None = state.get("admission")
+            if admission is None or not admission.try_enter():
+                return None
+            return await admission.run(lambda: in_thread(work))
+
+        mount_page(app, lambda: state["router"], settings, token, metrics, admit)
     return app
 
 

@@ -10,13 +10,14 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from llm_router.service.prometheus import ServiceMetrics
 
+T = TypeVar("T")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 GUARDED_PREFIXES = ("/v1/", "/docs", "/openapi.json", "/redoc")
 
@@ -65,7 +66,7 @@ class Admission:
         self.admitted += 1
         return True
 
-    async def run(self, work: Callable[[], Awaitable[Response]]) -> Response:
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         try:
             async with self._slots:
                 return await work()

@@ -11,8 +11,9 @@ version check off before Gradio is imported, and the Blocks say so too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gradio as gr
@@ -99,18 +100,36 @@ def _top5(router: Router, name: str, text: str) -> pd.DataFrame | None:
     return None
 
 
+# Runs work under the service's admission control (in its worker threads); None when the
+# service is full.
+Admit = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
 def build_page(
     get_router: Callable[[], Router | None],
     settings: Settings,
     token: ServerToken,
     metrics: ServiceMetrics | None = None,
+    admit: Admit | None = None,
 ) -> gr.Blocks:
-    """The Blocks of the page; ``get_router`` returns the service's router once it is built."""
+    """The Blocks of the page; ``get_router`` returns the service's router once it is built;
+    ``admit`` puts each classification under the service's limits, as /v1 requests are."""
 
     trained = _trained_kinds()
+    hidden = [gr.update(visible=False)] * len(trained)
 
-    def run(text: str, given_token: str = "") -> tuple[Any, ...]:
-        hidden = [gr.update(visible=False)] * len(trained)
+    async def run(text: str, given_token: str = "") -> tuple[Any, ...]:
+        if admit is None:
+            answer: tuple[Any, ...] = await asyncio.to_thread(work, text, given_token)
+            return answer
+        admitted = await admit(lambda: work(text, given_token))
+        if admitted is None:
+            busy = "⚠️ The service is busy (LLM_ROUTER_SERVER_MAX_INFLIGHT); try again shortly."
+            return (busy, "", *hidden)
+        result: tuple[Any, ...] = admitted
+        return result
+
+    def work(text: str, given_token: str) -> tuple[Any, ...]:
         if not token.matches(given_token or ""):
             return ("⚠️ Enter the server's token to classify.", "", *hidden)
         router = get_router()
@@ -182,6 +201,8 @@ def mount_page(
     settings: Settings,
     token: ServerToken,
     metrics: ServiceMetrics | None = None,
+    admit: Admit | None = None,
 ) -> None:
     """Mount the page at ``/ui``."""
-    gr.mount_gradio_app(app, build_page(get_router, settings, token, metrics), path="/ui")
+    page = build_page(get_router, settings, token, metrics, admit)
+    gr.mount_gradio_app(app, page, path="/ui")

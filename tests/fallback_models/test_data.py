@@ -52,7 +52,7 @@ def test_reads_jsonl_csv_and_parquet(tmp_path):
     ("content", "words"),
     [
         ('{"abstract": "x"}\n', "primary_category"),
-        ("not json\n", "cannot read"),
+        ("not json\n", "bad.jsonl line 1: not valid JSON"),
         ("[1, 2]\n", "not a JSON object"),
     ],
 )

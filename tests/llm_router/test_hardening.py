@@ -146,11 +146,10 @@ def test_an_unparseable_retry_after_means_no_header(make_settings, server, heade
 def test_a_long_retry_after_does_not_stall_anyone(make_settings, server):
     server.script(Reply.error(429, **{"Retry-After": "3600"}))
     router = chain(make_settings(cache=False, retry_after_max_s=0.3))
-    started = time.monotonic()
     first = router.classify(TEXTS[0])
     second = router.classify(TEXTS[1])  # the shared limiter held back at most 0.3 s
     assert first.fallback_reason == "rate_limited" and second.source == "llm"
-    assert time.monotonic() - started < 5
+    assert server.count == 2  # the hour-long Retry-After was not waited for, nor retried
 
 
 class FakeClock:

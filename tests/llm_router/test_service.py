@@ -209,25 +209,30 @@ def test_metrics_count_requests_classifications_tokens_and_cache_hits(serve, ser
 
 
 def test_past_inflight_and_queue_a_request_gets_503_and_healthz_still_answers(serve, server):
-    server.default = lambda _b: Reply.answer("math.AP", delay_s=1.5)
+    release = threading.Event()
+
+    def held(_body):
+        release.wait(60)  # in flight until the test says so: events are ordered, not timed
+        return Reply.answer("math.AP")
+
+    server.default = held
     live = serve(server_max_inflight=1, server_max_queue=0, cache=False)
     events = []
 
     async def scenario():
-        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
 
             async def classify(i):
                 reply = await client.post("/v1/classify", json={"text": f"{TEXT} {i}"})
                 events.append(("classify", reply.status_code, reply.headers.get("retry-after")))
 
-            async def health():
-                await asyncio.sleep(0.3)
-                reply = await client.get("/healthz")
-                events.append(("healthz", reply.status_code, None))
-
             first = asyncio.create_task(classify(0))
-            await asyncio.sleep(0.3)  # the first is in flight
-            await asyncio.gather(classify(1), health())
+            while server.count < 1:  # the first is in flight at the LLM
+                await asyncio.sleep(0.01)
+            await classify(1)
+            reply = await client.get("/healthz")
+            events.append(("healthz", reply.status_code, None))
+            release.set()
             await first
 
     asyncio.run(scenario())
@@ -495,3 +500,33 @@ def test_a_batch_stays_within_the_inflight_limit(serve, server):
     assert reply.status_code == 200
     assert [r["label"] for r in reply.json()["results"]] == ["math.AP"] * 6
     assert 1 <= active[1] <= 2
+
+
+def test_the_page_is_under_the_services_admission_control(serve, server):
+    gradio_client = pytest.importorskip("gradio_client")
+    release = threading.Event()
+
+    def held(_body):
+        release.wait(60)  # the /v1 request stays in flight until released
+        return Reply.answer("math.AP")
+
+    server.default = held
+    live = serve(ui=True, server_max_inflight=1, server_max_queue=0, cache=False)
+    busy_request = threading.Thread(
+        target=lambda: httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}, timeout=60)
+    )
+    busy_request.start()
+    try:
+        for _ in range(600):  # polls until the request holds the only slot (an order)
+            if server.count:
+                break
+            time.sleep(0.05)
+        client = gradio_client.Client(f"{live.url}/ui/", verbose=False)
+        answer = client.predict(TEXT, "", api_name="/run")
+        assert answer[0].startswith("⚠️ The service is busy")
+    finally:
+        release.set()
+        busy_request.join(60)
+    server.default = lambda _body: Reply.answer("math.AP")
+    answer = client.predict(TEXT, "", api_name="/run")
+    assert answer[0].startswith("## math.AP")
