@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fallback_model
     except (DataError, RouterError) as exc:
         return fail(exc)
     except KeyboardInterrupt:
-        print("interrupted: nothing was saved", file=sys.stderr)
+        print(f"\ninterrupted: nothing was saved; {out} is as it was", file=sys.stderr)
         return 130
     print(_summary(manifest))
     print(f"saved to {out}")
