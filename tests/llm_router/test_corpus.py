@@ -245,7 +245,7 @@ def test_resume_after_kill_9_has_no_duplicate_and_no_missing_id(
         job = _job(path, out, env)
         _wait_for_rows(out, 40)
         job.send_signal(signal.SIGKILL)
-        job.wait(timeout=10)
+        job.communicate(timeout=60)  # reaps it and closes its pipes
         before = {r["id"] for r in read_output(out)}
         assert 0 < len(before) < 300
         server.requests.clear()
@@ -320,7 +320,7 @@ def test_parquet_output_is_whole_after_a_kill_and_merged_on_resume(
                 break
             time.sleep(0.05)
         job.send_signal(signal.SIGKILL)
-        job.wait(timeout=10)
+        job.communicate(timeout=60)  # reaps it and closes its pipes
         assert not out.exists()  # never a half-written parquet file
         done = _rerun(path, out, env)
         assert done.returncode == 0, done.stderr
@@ -420,3 +420,34 @@ def test_the_rpm_limit_holds_for_all_ray_workers_together(local_env, tmp_path, c
     # The server sees a request a little after its slot, later on a busy machine (2.55 s once
     # while a BERT trained beside the suite), so the bound leaves 20 % for that.
     assert times[-1] - times[0] >= 11 * 0.25 * 0.8
+
+
+def test_a_request_budget_smaller_than_the_ray_workers_is_not_split_to_nothing(
+    local_env, tmp_path, corpus
+):
+    """--max-requests 3 with 4 workers: each worker's share was 3 // 4 = 0, so nothing was
+    ever sent. Now only as many workers start as there are requests, each may send one."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    import ray
+
+    _, rows = corpus
+    source = write_as(rows[:12], tmp_path / "twelve.jsonl")
+    with ChatServer() as server:
+        local_env.setenv("LLM_ROUTER_API_KEY", TEST_KEY)
+        local_env.setenv("LLM_ROUTER_BASE_URL", server.url)
+        local_env.setenv("LLM_ROUTER_CACHE", "off")
+        ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            summary = classify_file(
+                source,
+                tmp_path / "out.jsonl",
+                engine="ray",
+                ray_workers=4,
+                max_requests=3,
+                chunk_size=3,
+            )
+        finally:
+            ray.shutdown()
+    # Each worker may send 1; how many workers get a batch is Ray's choice.
+    assert 1 <= server.count <= 3 and summary.requests == server.count
+    assert summary.by_source == {"llm": server.count, "tfidf": 12 - server.count}
