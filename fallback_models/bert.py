@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from fallback_models.artifacts import staged_directory, verify_artifacts, write_manifest
-from fallback_models.encoder import EmbeddingCache, Encoder, pick_device, require_torch
+from fallback_models.encoder import (
+    EmbeddingCache,
+    Encoder,
+    length_batches,
+    pick_device,
+    require_torch,
+)
 from fallback_models.scoring import fit_temperature, log_softmax
 from fallback_models.topk import TOP_K, classify_timed
 from llm_router.errors import ModelNotAvailable
@@ -325,19 +331,11 @@ class BertClassifier:
 
     def _finetuned_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         torch = require_torch()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                with self._tokenizer_lock:
-                    batch = self.tokenizer(
-                        [texts[i] for i in idx],
-                        truncation=True,
-                        max_length=self.config.max_length,
-                        padding=True,
-                        return_tensors="pt",
-                    )
+            for idx, batch in length_batches(
+                self.tokenizer, self._tokenizer_lock, texts, self.config.max_length, batch_size
+            ):
                 batch = batch.to(self.device)
                 with torch.autocast(
                     device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")

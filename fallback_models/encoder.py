@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,25 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
+def length_batches(
+    tokenizer: Any, lock: threading.Lock, texts: Sequence[str], max_length: int, size: int
+) -> Iterator[tuple[list[int], Any]]:
+    """``texts`` tokenised in batches of similar length (padding stays small): each batch's
+    positions in ``texts`` and its tensors. The lock: a fast tokenizer is not thread-safe."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
+        with lock:
+            batch = tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+        yield idx, batch
+
+
 class Encoder:
     """Mean-pooled token states of a BERT-family checkpoint (frozen: inference only)."""
 
@@ -117,18 +136,10 @@ class Encoder:
         """float32 vectors, shape (len(texts), dim), in the order of ``texts``."""
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                with self._lock:
-                    batch = self.tokenizer(
-                        [texts[i] for i in idx],
-                        truncation=True,
-                        max_length=self.max_length,
-                        padding=True,
-                        return_tensors="pt",
-                    )
+            for idx, batch in length_batches(
+                self.tokenizer, self._lock, texts, self.max_length, batch_size
+            ):
                 batch = batch.to(self.device)
                 states = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)

@@ -363,46 +363,23 @@ def test_classify_says_how_fast_a_bert_chain_is(small_root, tmp_path):
             for i in dataset.test_idx[:3]
         )
     )
-    env = {
-        **os.environ,
-        "LLM_ROUTER_MODEL_DIR": str(root),
-        "LLM_ROUTER_FALLBACKS": "ensemble,tfidf",
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_router",
-            "classify",
-            str(rows),
-            "-o",
-            str(tmp_path / "o.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+
+    def classify(fallbacks: str, output: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LLM_ROUTER_MODEL_DIR": str(root), "LLM_ROUTER_FALLBACKS": fallbacks}
+        command = ["classify", str(rows), "-o", str(tmp_path / output)]
+        return subprocess.run(
+            [sys.executable, "-m", "llm_router", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    done = classify("ensemble,tfidf", "o.jsonl")
     assert done.returncode == 0, done.stderr
     assert "note: local answers come from ensemble at about" in done.stderr
     assert "LLM_ROUTER_FALLBACKS=tfidf answers about" in done.stderr
-    env["LLM_ROUTER_FALLBACKS"] = "tfidf"
-    quiet = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_router",
-            "classify",
-            str(rows),
-            "-o",
-            str(tmp_path / "p.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert "note: local answers" not in quiet.stderr
+    assert "note: local answers" not in classify("tfidf", "p.jsonl").stderr
 
 
 def test_a_cuda_device_without_cuda_skips_bert_with_its_reason(small_root):
