@@ -395,25 +395,32 @@ def test_a_large_job_classifies_in_worker_processes_with_the_same_labels(
     assert [r["label"] for r in two] == [r["label"] for r in one]
 
 
-def test_the_rpm_limit_holds_for_all_ray_workers_together(local_env, tmp_path, corpus):
+def _ray_llm_job(local_env, tmp_path, rows, cpus: int, **options):
+    """Twelve rows through the Ray engine against the scripted LLM on a local Ray of
+    ``cpus`` CPUs; returns the summary and the server's request times."""
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     import ray
 
-    _, rows = corpus
     source = write_as(rows[:12], tmp_path / "twelve.jsonl")
     with ChatServer() as server:
         local_env.setenv("LLM_ROUTER_API_KEY", TEST_KEY)
         local_env.setenv("LLM_ROUTER_BASE_URL", server.url)
         local_env.setenv("LLM_ROUTER_CACHE", "off")
-        # 3 CPUs: two classifying actors, and one left for the read and write tasks
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         try:
-            summary = classify_file(
-                source, tmp_path / "out.jsonl", engine="ray", ray_workers=2, rpm=240, chunk_size=6
-            )
+            summary = classify_file(source, tmp_path / "out.jsonl", engine="ray", **options)
         finally:
             ray.shutdown()
-        times = sorted(r.at for r in server.requests)
+        return summary, sorted(r.at for r in server.requests)
+
+
+def test_the_rpm_limit_holds_for_all_ray_workers_together(local_env, tmp_path, corpus):
+    # 3 CPUs: two classifying actors, and one left for the read and write tasks
+    summary, times = _ray_llm_job(
+        local_env, tmp_path, corpus[1], 3, ray_workers=2, rpm=240, chunk_size=6
+    )
     assert summary.classified == 12 and summary.by_source == {"llm": 12} and len(times) == 12
     # 240 rpm is one request per 0.25 s for the whole cluster: 12 requests span 11 slots
     # (2.75 s), however the two workers interleave; a rate limit per worker measured 1.7 s.
@@ -427,27 +434,9 @@ def test_a_request_budget_smaller_than_the_ray_workers_is_not_split_to_nothing(
 ):
     """--max-requests 3 with 4 workers: each worker's share was 3 // 4 = 0, so nothing was
     ever sent. Now only as many workers start as there are requests, each may send one."""
-    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
-    import ray
-
-    _, rows = corpus
-    source = write_as(rows[:12], tmp_path / "twelve.jsonl")
-    with ChatServer() as server:
-        local_env.setenv("LLM_ROUTER_API_KEY", TEST_KEY)
-        local_env.setenv("LLM_ROUTER_BASE_URL", server.url)
-        local_env.setenv("LLM_ROUTER_CACHE", "off")
-        ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            summary = classify_file(
-                source,
-                tmp_path / "out.jsonl",
-                engine="ray",
-                ray_workers=4,
-                max_requests=3,
-                chunk_size=3,
-            )
-        finally:
-            ray.shutdown()
+    summary, times = _ray_llm_job(
+        local_env, tmp_path, corpus[1], 5, ray_workers=4, max_requests=3, chunk_size=3
+    )
     # Each worker may send 1; how many workers get a batch is Ray's choice.
-    assert 1 <= server.count <= 3 and summary.requests == server.count
-    assert summary.by_source == {"llm": server.count, "tfidf": 12 - server.count}
+    assert 1 <= len(times) <= 3 and summary.requests == len(times)
+    assert summary.by_source == {"llm": len(times), "tfidf": 12 - len(times)}

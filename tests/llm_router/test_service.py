@@ -211,9 +211,10 @@ def test_metrics_count_requests_classifications_tokens_and_cache_hits(serve, ser
 
 
 def test_past_inflight_and_queue_a_request_gets_503_and_healthz_still_answers(serve, server):
-    release = threading.Event()
+    arrived, release = threading.Event(), threading.Event()
 
     def held(_body):
+        arrived.set()
         release.wait(60)  # in flight until the test says so: events are ordered, not timed
         return Reply.answer("math.AP")
 
@@ -229,8 +230,7 @@ def test_past_inflight_and_queue_a_request_gets_503_and_healthz_still_answers(se
                 events.append(("classify", reply.status_code, reply.headers.get("retry-after")))
 
             first = asyncio.create_task(classify(0))
-            while server.count < 1:  # the first is in flight at the LLM
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(arrived.wait, 60)  # the first is in flight at the LLM
             await classify(1)
             reply = await client.get("/healthz")
             events.append(("healthz", reply.status_code, None))
