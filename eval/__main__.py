@@ -8,16 +8,19 @@ report is written first).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from eval.calibrate import CalibrationError, calibrate, collect, local_model, report_table
 from eval.pricing import estimate, fetch_price, parse_price
 from eval.report import system_figures, table, write_report
 from eval.sampling import stratified_sample
@@ -34,13 +37,14 @@ from eval.systems import (
 from fallback_models.artifacts import read_manifest, test_ids
 from fallback_models.data import HF_DATASET, DataError, is_local, load_papers
 from fallback_models.registry import MODELS
-from llm_router.chain import Chain, local_order
+from llm_router.chain import Chain, build_chain, local_order
 from llm_router.console import Parser, fail, setup_logging
 from llm_router.errors import RouterError
 from llm_router.llm.budget import Budget, Price
 from llm_router.llm.ratelimit import RateLimiter
 from llm_router.llm.redact import redact_url
 from llm_router.settings import Settings
+from llm_router.voter import write_profile
 
 logger = logging.getLogger("eval")
 RUN_ORDER = (*LLM_STRATEGIES, "router", *MODELS.kinds)
@@ -100,6 +104,13 @@ def _parser(prog: str) -> Parser:
         "--train-missing",
         action="store_true",
         help="train the TF-IDF model first when no model is trained yet",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the configured endpoint on --n labelled rows, fit how its answers are "
+        "combined with the local model's, and write a calibration profile under "
+        "LLM_ROUTER_MODEL_DIR/profiles (--systems is ignored)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log retries and fallbacks")
     return p
@@ -212,12 +223,23 @@ def run(args: argparse.Namespace) -> int:
                 "for a free local server)",
                 file=sys.stderr,
             )
+    if args.calibrate and settings.api_key is None:
+        raise UsageError(
+            "--calibrate measures the endpoint: set OPENROUTER_API_KEY or LLM_ROUTER_API_KEY"
+        )
     llm_systems = (
         sum(s in ("router", *LLM_STRATEGIES) for s in systems_wanted) if settings.api_key else 0
     )
+    if args.calibrate:
+        llm_systems = 1
     if args.estimate:
         distinct = llm_systems
-        if settings.cache and {"router", settings.strategy} <= set(systems_wanted) and distinct:
+        if (
+            not args.calibrate
+            and settings.cache
+            and {"router", settings.strategy} <= set(systems_wanted)
+            and distinct
+        ):
             distinct -= 1  # the router repeats its strategy's questions: cache hits
         projected = estimate([r.paper.text for r in rows], settings, labels, distinct, price)
         print(f"estimate for {projected['rows']} rows (nothing sent):")
@@ -234,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         price=price,
     )
     limiter = RateLimiter(args.rpm, max_pause_s=settings.retry_after_max_s)
+    if args.calibrate:
+        return _calibrate(args, settings, rows, source, len(labels.labels), budget, limiter)
     systems, chain = build_systems(systems_wanted, settings, budget, limiter)
     # The LLM alone first: the router then finds its answers in the cache, paying once.
     order = sorted(systems, key=lambda s: RUN_ORDER.index(s.name))
@@ -288,6 +312,81 @@ def run(args: argparse.Namespace) -> int:
     return 0 if status == "completed" else 130
 
 
+def _calibrate(
+    args: argparse.Namespace,
+    settings: Settings,
+    rows: list[Any],
+    source: str,
+    n_labels: int,
+    budget: Budget,
+    limiter: RateLimiter,
+) -> int:
+    """``--calibrate``: ask, fit, write the profile and the report; 130 when interrupted."""
+    chain = build_chain(settings, budget=budget, limiter=limiter)
+    try:
+        kind, model, sha256 = local_model(chain)
+    except CalibrationError as exc:
+        raise UsageError(str(exc)) from None
+    stop = threading.Event()
+    started = time.perf_counter()
+    agreed = seen = 0
+    with tqdm(total=len(rows), desc=f"calibrate {settings.model}", unit="row") as bar:
+
+        def done(outcome: RowResult) -> None:
+            nonlocal agreed, seen
+            agreed += outcome.label == outcome.truth
+            seen += 1
+            snap = budget.snapshot()
+            bar.update(1)
+            bar.set_postfix(
+                llm_acc=f"{agreed / seen:.0%}",
+                req=snap["requests"],
+                usd=f"{snap['spent_usd']:.4f}",
+            )
+
+        observations, results = collect(chain, rows, model, args.concurrency, done, stop)
+    failed = Counter(r.reason for r in results if r.label is None)
+    if stop.is_set():
+        print(
+            "\ninterrupted: no profile written (a re-run resumes from the cache)", file=sys.stderr
+        )
+        return 130
+    if failed:
+        print(
+            f"note: {sum(failed.values())} row(s) not answered by the LLM ("
+            + ", ".join(f"{r}: {n}" for r, n in failed.most_common())
+            + "); fitted without them",
+            file=sys.stderr,
+        )
+    try:
+        profile = calibrate(
+            observations,
+            settings=settings,
+            local_kind=kind,
+            local_sha256=sha256,
+            n_labels=n_labels,
+            seed=args.seed,
+            data=source,
+            failed=sum(failed.values()),
+        )
+    except CalibrationError as exc:
+        raise UsageError(str(exc)) from None
+    path = write_profile(settings.model_dir, profile)
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        **profile.model_dump(mode="json"),
+        "profile": str(path),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "budget": budget.snapshot(),
+        "llm_link": _llm_link_state(chain),
+    }
+    (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(report_table(profile))
+    print(f"wrote {path} and {out / 'calibration.json'}")
+    return 0
+
+
 def _llm_link_state(chain: Chain) -> dict[str, Any]:
     """What the shared LLM link went through: circuit-breaker trips (and the failure that
     caused them) and disk-cache writes that were skipped."""
@@ -319,16 +418,17 @@ def _run_one(
             result = run_local(system, rows)
             bar.update(len(rows))
         return result
-    correct = 0
+    correct = seen = 0
     with tqdm(total=len(rows), desc=system.name, unit="row") as bar:
 
         def done(outcome: RowResult) -> None:
-            nonlocal correct
+            nonlocal correct, seen
             correct += outcome.label == outcome.truth
+            seen += 1
             snap = budget.snapshot()
             bar.update(1)
             bar.set_postfix(
-                acc=f"{correct / bar.n:.0%}", req=snap["requests"], usd=f"{snap['spent_usd']:.4f}"
+                acc=f"{correct / seen:.0%}", req=snap["requests"], usd=f"{snap['spent_usd']:.4f}"
             )
 
         return run_concurrent(system, rows, concurrency, done, stop)

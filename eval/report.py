@@ -14,6 +14,7 @@ from typing import Any
 from eval.systems import RowResult
 from fallback_models.scoring import (
     confused_pairs,
+    expected_calibration_error,
     macro_weighted_f1,
     percentile,
     top_k_accuracy,
@@ -41,6 +42,7 @@ def system_figures(outcomes: Sequence[RowResult], spent: dict[str, Any]) -> dict
     with_listed = [o for o in outcomes if len(o.listed) > 0]
     listed_correct = sum(o.label in o.listed for o in with_listed)
     shortlisted = [o for o in outcomes if o.shortlist]
+    confident = [o for o in answered if o.confidence is not None]
     figures: dict[str, Any] = {
         "rows": n,
         "answered": len(answered),
@@ -59,6 +61,18 @@ def system_figures(outcomes: Sequence[RowResult], spent: dict[str, Any]) -> dict
             else None
         ),
         "decisions": dict(Counter(o.decision for o in outcomes if o.decision)),
+        # The calibration error of ``confidence`` over the answered rows.
+        "ece": (
+            expected_calibration_error(
+                [o.confidence for o in confident], [o.label == o.truth for o in confident]
+            )
+            if confident
+            else None
+        ),
+        "mean_confidence": (
+            sum(o.confidence for o in confident) / len(confident) if confident else None  # type: ignore[misc]
+        ),
+        "followed": dict(Counter(o.followed for o in outcomes if o.followed)),
         "top5": top_k_accuracy(truth, [o.candidates for o in outcomes]) if has_top5 else None,
         "macro_f1": macro,
         "weighted_f1": weighted,
@@ -128,7 +142,7 @@ def _ms(value: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     """The side-by-side terminal table (also the core of report.md)."""
     header = (
-        "| system | rows | accuracy (95% CI) | group acc. | listed acc. | top-5 | macro-F1 "
+        "| system | rows | accuracy (95% CI) | ECE | group acc. | listed acc. | top-5 | macro-F1 "
         "| weighted-F1 | p50 ms | p95 ms | requests | tokens | cost $ | LLM share "
         "| prompt tok/row | compl. tok/row | $ per 1k rows | shortlist recall | cached "
         "| answered by / fell back because |"
@@ -145,6 +159,10 @@ def table(report: dict[str, Any]) -> str:
         detail = ", ".join(f"{k} {v}" for k, v in sorted(figures["sources"].items()))
         if figures["reasons"]:
             detail += "; " + ", ".join(f"{k} {v}" for k, v in sorted(figures["reasons"].items()))
+        if figures.get("followed"):
+            detail += "; followed: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(figures["followed"].items())
+            )
         if figures.get("decisions"):
             detail += "; decided: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(figures["decisions"].items())
@@ -152,6 +170,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {figures['rows']} "
             f"| {_pct(figures['accuracy'])} ({_pct(low)}–{_pct(high)}) "
+            f"| {_num(figures.get('ece'), 3)} "
             f"| {_pct(figures['group_accuracy'])} | {_pct(figures['listed_accuracy'])} "
             f"| {_pct(figures['top5'])} | {figures['macro_f1']:.3f} | {figures['weighted_f1']:.3f} "
             f"| {_ms(figures['latency_ms_p50'])} | {_ms(figures['latency_ms_p95'])} "

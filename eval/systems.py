@@ -46,6 +46,8 @@ class RowResult:
     decision: str | None = None
     shortlist: list[str] | None = None
     listed: frozenset[str] = frozenset()
+    confidence: float | None = None  # calibrated P(label right); None when unanswered
+    followed: str | None = None  # whose answer a combination kept
 
     @property
     def reached_llm(self) -> bool:
@@ -71,6 +73,8 @@ class RowResult:
             decision=result.decision,
             shortlist=result.shortlist,
             listed=row.listed,
+            confidence=result.confidence,
+            followed=result.followed,
         )
 
     @classmethod
@@ -125,7 +129,8 @@ def build_systems(
             if settings.api_key is None:
                 systems.append(System(name, unavailable="no_api_key: set OPENROUTER_API_KEY"))
             else:
-                head = chain.strategy_classifier(name)  # type: ignore[arg-type]
+                # The LLM alone: its answers are not combined with the local model's.
+                head = chain.strategy_classifier(name, combine=False)  # type: ignore[arg-type]
                 router = Router([head], max_input_chars=settings.max_input_chars, strategy=name)
                 systems.append(System(name, router, uses_llm=True))
         elif name == "router":

@@ -7,6 +7,7 @@ the same list here. A new kind is one :class:`Kind` added to :data:`KINDS`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -210,6 +211,20 @@ class FallbackModels:
                 continue
             identity.append((info.st_size, info.st_mtime_ns, info.st_ino))
         return tuple(identity)
+
+    def sha256(self, model_dir: Path, kind: str) -> str | None:
+        """The sha256 of the manifest (the ensemble: of its members' manifests), which lists
+        every file's sha256: the identity a calibration profile is fitted to."""
+        members = ENSEMBLE_MEMBERS if kind == "ensemble" else (kind,)
+        digests = []
+        for member in members:
+            manifest = model_dir / member / MANIFEST
+            if not manifest.is_file():
+                return None
+            digests.append(sha256_file(manifest))
+        if len(digests) == 1:
+            return digests[0]
+        return hashlib.sha256(f"{kind}:{','.join(digests)}".encode()).hexdigest()
 
     def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
         return deployed_label_set(model_dir, (*order, *self.trained))

@@ -21,6 +21,7 @@ from llm_router.registry import local_models
 from llm_router.schemas import Classification
 from llm_router.settings import CASCADE_THRESHOLD, Settings
 from llm_router.strategy import StrategyClassifier, StrategyName
+from llm_router.voter import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class LazyClassifier:
         load: Callable[[], Classifier],
         *,
         version: Callable[[], object] | None = None,
+        sha256: Callable[[], str | None] | None = None,
         retry_s: float = 5.0,
         max_retry_s: float = 300.0,
         check_s: float = 2.0,
@@ -66,6 +68,8 @@ class LazyClassifier:
         self.name = name
         self._load = load
         self._version = version
+        self._sha256 = sha256
+        self.model_sha256: str | None = None  # the loaded model's (calibration profiles)
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.check_s = check_s
@@ -113,6 +117,7 @@ class LazyClassifier:
             logger.info("fallback %s loaded", self.name)
         self._error, self._failures = None, 0
         self._loaded_version = version
+        self.model_sha256 = self._sha256() if self._sha256 is not None else None
         self._next_check = now + self.check_s
 
     def classify(self, text: str) -> Classification:
@@ -144,16 +149,43 @@ class Chain:
     strategy: StrategyName = "llm"
     shortlist_k: int = 8
     cascade_threshold: float = CASCADE_THRESHOLD
+    threshold_fixed: bool = True  # LLM_ROUTER_CASCADE_THRESHOLD was set: profiles keep it
+    settings: Settings | None = None  # for the calibration profiles (None: none used)
+    _calibrations: dict[str, Calibration] = field(default_factory=dict)
 
-    def strategy_classifier(self, strategy: StrategyName | None = None) -> StrategyClassifier:
-        """The LLM link used as ``strategy`` (default: the configured one)."""
+    def strategy_classifier(
+        self, strategy: StrategyName | None = None, *, combine: bool = True
+    ) -> StrategyClassifier:
+        """The LLM link used as ``strategy`` (default: the configured one); with
+        ``combine=False``, its answers are not combined with the local model's (the LLM
+        alone, with its calibrated confidence)."""
+        strategy = strategy or self.strategy
         return StrategyClassifier(
             self.llm,  # type: ignore[arg-type]
             [self.local[name] for name in self.order],
-            strategy=strategy or self.strategy,
+            strategy=strategy,
             k=self.shortlist_k,
             threshold=self.cascade_threshold,
+            calibration=self.calibration(strategy),
+            n_labels=len(self.labels.labels) if self.labels is not None else None,
+            combine=combine,
+            threshold_fixed=self.threshold_fixed,
         )
+
+    def calibration(self, strategy: StrategyName | None = None) -> Calibration | None:
+        """The profile finder for ``strategy`` (one per strategy, shared by its links)."""
+        strategy = strategy or self.strategy
+        settings = self.settings
+        if settings is None or not settings.calibration:
+            return None
+        if strategy not in self._calibrations:
+            self._calibrations[strategy] = Calibration(
+                settings.model_dir,
+                model=settings.model,
+                prompt_version=prompt_version(settings, strategy),
+                strategy=strategy,
+            )
+        return self._calibrations[strategy]
 
     def classifiers(self) -> list[Classifier]:
         return [self.strategy_classifier(), *(self.local[name] for name in self.order)]
@@ -183,8 +215,9 @@ def build_chain(
         for kind in models.kinds:
             load = functools.partial(models.load, kind, settings, labels, sibling)
             version = functools.partial(models.version, settings.model_dir, kind)
+            sha256 = functools.partial(models.sha256, settings.model_dir, kind)
             local[kind] = LazyClassifier(
-                kind, load, version=version, retry_s=settings.model_retry_s
+                kind, load, version=version, sha256=sha256, retry_s=settings.model_retry_s
             )
     return Chain(
         llm=llm_classifier(settings, labels, budget, limiter),
@@ -194,7 +227,19 @@ def build_chain(
         strategy=settings.strategy,
         shortlist_k=settings.shortlist_k,
         cascade_threshold=settings.cascade_threshold,
+        threshold_fixed="cascade_threshold" in settings.model_fields_set,
+        settings=settings,
     )
+
+
+def prompt_version(settings: Settings, strategy: StrategyName) -> str:
+    """The prompt(s) ``strategy`` asks with, as a calibration profile records them."""
+    if strategy == "llm":
+        return settings.prompt
+    shortlist = (
+        settings.shortlist_prompt if settings.shortlist_widen else settings.shortlist_strict_prompt
+    )
+    return f"{settings.prompt}+{shortlist}"
 
 
 def local_order(settings: Settings) -> tuple[tuple[str, ...], LabelSet]:

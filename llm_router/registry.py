@@ -57,6 +57,11 @@ class LocalModels(Protocol):
         cheap enough to read every few seconds."""
         ...
 
+    def sha256(self, model_dir: Path, kind: str) -> str | None:
+        """A digest of ``kind``'s files (None when not trained): calibration profiles name
+        the local model they were fitted with by it."""
+        ...
+
     def label_set(self, model_dir: Path, order: Sequence[str]) -> LabelSet:
         """The deployed label set: that of the first trained kind of ``order``."""
         ...

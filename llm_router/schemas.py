@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+# The confidence of an LLM answer when no calibration profile matches the router's setup:
+# an answer of unknown reliability, never 1.0 (docs/confidence.md).
+DEFAULT_LLM_CONFIDENCE = 0.5
 
 
 class Candidate(BaseModel):
@@ -36,12 +42,33 @@ class Usage(BaseModel):
         )
 
 
+class LLMAnswer(BaseModel):
+    """What the LLM said, before it was combined with the local model's distribution."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    logprob: float | None = Field(
+        None, description="log-probability of the label's tokens, when the endpoint gives them"
+    )
+    confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="calibrated P(the LLM's answer is right), alone"
+    )
+
+
 class Classification(BaseModel):
     """The answer for one text: the label and how it was obtained."""
 
     model_config = ConfigDict(frozen=True)
 
     label: str
+    confidence: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="calibrated probability that label is right (default: the top candidate's "
+        "score)",
+    )
     source: str = Field(
         description='the classifier that answered: "llm", or a local model kind '
         '("bert", "tfidf", "ensemble")'
@@ -65,6 +92,28 @@ class Classification(BaseModel):
     shortlist: list[str] | None = Field(
         None, description="the labels the LLM was offered first (shortlist and cascade)"
     )
+    llm_answer: LLMAnswer | None = Field(
+        None, description="the LLM's own answer, when it was asked and answered"
+    )
+    local_candidates: list[Candidate] | None = Field(
+        None, description="the local model's own top 5, when it was combined with the LLM"
+    )
+    followed: str | None = Field(
+        None,
+        description='whose answer the combination kept: "agree" (both said label), "llm", '
+        '"local", or "neither"; None when nothing was combined',
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _confidence_from_candidates(cls, data: Any) -> Any:
+        """A result built without ``confidence`` takes its top candidate's score."""
+        if isinstance(data, dict) and data.get("confidence") is None:
+            candidates = data.get("candidates") or []
+            top = candidates[0] if candidates else None
+            score = top.get("score") if isinstance(top, dict) else getattr(top, "score", None)
+            data = {**data, "confidence": min(1.0, max(0.0, float(score or 0.0)))}
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -86,7 +86,14 @@ class Settings(BaseSettings):
     shortlist_k: int = Field(8, ge=1, le=64)
     # From the TF-IDF model's selective-accuracy curve on the test split (BENCHMARKS.md):
     # the lowest threshold at which the rows kept locally are right at least 90 % of the time.
+    # A calibration profile fitted for this endpoint (python -m eval --calibrate) replaces it
+    # unless it is set explicitly.
     cascade_threshold: float = Field(CASCADE_THRESHOLD, ge=0.0, le=1.0)
+    # Ask the endpoint for the answer's token log-probabilities (a calibration input).
+    logprobs: bool = True
+    # Use a matching calibration profile under model_dir/profiles (false: LLM answers win,
+    # with the default confidence).
+    calibration: bool = True
     # `python -m llm_router serve`: a bearer token for /v1/* and /docs (unset: open), the
     # largest request body, batch and number of requests worked on / waiting at once.
     server_token: SecretStr | None = None

@@ -9,6 +9,10 @@ cascade    text ─ local model ─ p1 ≥ threshold? ─ yes: answer locally, s
 Every strategy is the head of the same fallback chain: when the LLM cannot answer, the router
 moves on to the local models as before. Each result says which strategy produced it
 (``strategy``) and where it was decided (``decision``, a :class:`~llm_router.reasons.Decision`).
+
+With a calibration profile for the setup (:mod:`llm_router.voter`), the LLM's answer is
+combined with the local model's distribution instead of replacing it, and every answer's
+``confidence`` is calibrated; without one, the LLM's answer wins with the default confidence.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Literal, Protocol
 from llm_router.classifier import Classifier
 from llm_router.errors import ClassifierError
 from llm_router.reasons import Decision
-from llm_router.schemas import Classification
+from llm_router.schemas import DEFAULT_LLM_CONFIDENCE, Candidate, Classification, LLMAnswer
+from llm_router.voter import LOCAL_TOP_K, Calibration, Profile, followed
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ class StrategyClassifier:
 
     ``local`` are the local models in the router's order; the first that can answer proposes
     the shortlist (its top ``k``) and, for the cascade, decides confident rows itself.
+    ``calibration`` finds the profile that combines the LLM's answer with that model's
+    distribution (``combine=False``: the LLM alone, with its calibrated confidence, as the
+    evaluation measures it); ``n_labels`` is the size of the deployed label set.
     """
 
     def __init__(
@@ -52,6 +60,10 @@ class StrategyClassifier:
         strategy: StrategyName = "llm",
         k: int = 8,
         threshold: float = 0.9,
+        calibration: Calibration | None = None,
+        n_labels: int | None = None,
+        combine: bool = True,
+        threshold_fixed: bool = True,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -60,6 +72,11 @@ class StrategyClassifier:
         self.strategy: StrategyName = strategy
         self.k = k
         self.threshold = threshold
+        self.calibration = calibration
+        self.n_labels = n_labels
+        self.combine = combine
+        # False: a matching profile's fitted cascade threshold replaces ``threshold``.
+        self.threshold_fixed = threshold_fixed
         self.name = llm.name
         self._warned_no_local = False
 
@@ -73,31 +90,101 @@ class StrategyClassifier:
         return None
 
     def classify(self, text: str) -> Classification:
-        if self.strategy == "llm":
-            return self._stamp(self.llm.classify(text))
-        proposal = self.propose(text)
-        if proposal is None:  # no local model: the full list, and the result says so
+        profile = self._profile(self._local_model()) if self.calibration is not None else None
+        proposal = None
+        if self.strategy != "llm" or profile is not None:
+            proposal = self.propose(text)
+        if self.strategy != "llm" and proposal is None:  # no local model: the full list
             result = self.llm.classify(text)
-            return self._stamp(result, Decision.LLM_NO_SHORTLIST)
-        top = proposal.candidates
-        if self.strategy == "cascade" and top and top[0].score >= self.threshold:
-            return self._stamp(proposal, Decision.LOCAL_CONFIDENT)
-        shortlist = [c.label for c in top[: self.k]]
-        return self._stamp(self.llm.classify(text, shortlist=shortlist))
+            return self._stamp(self._vote(result, None, None), Decision.LLM_NO_SHORTLIST)
+        if self.strategy == "cascade" and proposal is not None:
+            top = proposal.candidates
+            threshold = self.threshold
+            fitted = profile.cascade_threshold if profile is not None else None
+            if fitted is not None and not self.threshold_fixed:
+                threshold = fitted
+            if top and top[0].score >= threshold:
+                kept = proposal.model_copy(update={"candidates": top[: max(self.k, _MIN_TOP_K)]})
+                return self._stamp(kept, Decision.LOCAL_CONFIDENT)
+        shortlist = None
+        if self.strategy != "llm" and proposal is not None:
+            shortlist = [c.label for c in proposal.candidates[: self.k]]
+        result = (
+            self.llm.classify(text, shortlist=shortlist) if shortlist else self.llm.classify(text)
+        )
+        return self._stamp(self._vote(result, proposal, profile))
+
+    def _local_model(self) -> Classifier | None:
+        """The first local model that loads (the one that proposes), or None."""
+        for classifier in self.local:
+            get = getattr(classifier, "get", None)
+            try:
+                if callable(get):
+                    get()
+            except ClassifierError:
+                continue
+            return classifier
+        return None
+
+    def _profile(self, local: Classifier | None) -> Profile | None:
+        if self.calibration is None or local is None:
+            return None
+        return self.calibration.profile_for(local.name, getattr(local, "model_sha256", None))
+
+    def _vote(
+        self, result: Classification, proposal: Classification | None, profile: Profile | None
+    ) -> Classification:
+        """The LLM's answer with a confidence; combined with ``proposal`` under ``profile``."""
+        answer = result.llm_answer or LLMAnswer(label=result.label)  # a cache entry of old
+        if profile is None or (profile.key.local_kind != getattr(proposal, "source", None)):
+            # No profile for the model that proposed (another one answered): as before.
+            confidence = DEFAULT_LLM_CONFIDENCE
+            return result.model_copy(
+                update={
+                    "confidence": confidence,
+                    "candidates": [Candidate(label=answer.label, score=confidence)],
+                    "llm_answer": answer.model_copy(update={"confidence": None}),
+                }
+            )
+        params = profile.params
+        alone = params.llm_alone(answer.logprob)
+        answer = answer.model_copy(update={"confidence": alone})
+        if not self.combine or proposal is None:
+            return result.model_copy(
+                update={
+                    "confidence": alone,
+                    "candidates": [Candidate(label=answer.label, score=alone)],
+                    "llm_answer": answer,
+                }
+            )
+        n_labels = self.n_labels or max(len(proposal.candidates), 1)
+        posterior = params.combine(proposal.candidates, n_labels, answer.label, answer.logprob)
+        best = posterior[0]
+        local_top = proposal.candidates[0].label if proposal.candidates else None
+        return result.model_copy(
+            update={
+                "label": best.label,
+                "confidence": best.score,
+                "candidates": posterior[:_MIN_TOP_K],
+                "llm_answer": answer,
+                "local_candidates": proposal.candidates[:_MIN_TOP_K],
+                "followed": followed(best.label, answer.label, local_top),
+            }
+        )
 
     def propose(self, text: str) -> Classification | None:
         """The first local model's ranking of at least ``k`` labels, or ``None``."""
         reasons = []
         for classifier in self.local:
             try:
-                return _ranked(classifier, text, max(self.k, _MIN_TOP_K))
+                return _ranked(classifier, text, max(self.k, LOCAL_TOP_K))
             except ClassifierError as exc:
                 reasons.append(f"{classifier.name}: {exc.reason}")
         if not self._warned_no_local:
             self._warned_no_local = True
             logger.warning(
-                "strategy %s: no local model can propose a shortlist (%s); the LLM gets the "
-                "full label list (decision llm_no_shortlist)",
+                "strategy %s: no local model can answer (%s); the LLM gets the full label "
+                "list and is not combined with a local model",
                 self.strategy,
                 ", ".join(reasons) or "none installed",
             )

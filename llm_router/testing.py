@@ -9,15 +9,23 @@ rate limits are exercised on the wire::
 
 Replies queued with :meth:`ChatServer.script` are used first, in order; then ``default``
 answers every request. ``server.requests`` records each request's JSON body and headers.
+
+:class:`ScriptedModel` is a responder of known quality: it knows the true label of each paper
+it is asked about and is right with a set probability; its mistakes are those real models
+make (one of the paper's cross-listed categories, else a label of the same archive).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import random
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -80,6 +88,102 @@ class Reply:
 def fixed_label(label: str, delay_s: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
     """A default responder that always answers ``label``."""
     return lambda _request: Reply.answer(label, delay_s=delay_s)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What a :class:`ScriptedModel` knows of a paper: its label and its cross-listings."""
+
+    label: str
+    listed: tuple[str, ...] = ()
+
+
+_PAPER = re.compile(r"<<<PAPER (\w+)>>>\n(.*)\n<<<END PAPER \1>>>", re.DOTALL)
+
+
+def paper_key(text: str) -> str:
+    """How a :class:`ScriptedModel` recognises a paper: its first 300 non-space characters."""
+    return hashlib.sha256("".join(text.split())[:300].encode()).hexdigest()
+
+
+class ScriptedModel:
+    """A chat model of known accuracy, as a :class:`ChatServer` responder.
+
+    For each request it finds the paper between the prompt's markers and the labels it may
+    answer (the structured-output enum, else ``labels``). With probability ``accuracy`` it
+    answers the true label (when offered); otherwise one of the paper's cross-listed
+    categories, else a label of the same archive, else any other offered label. The choice
+    is a pure function of the paper, the offered labels and ``seed``, so retries and repeated
+    runs agree. When the request asks for ``logprobs``, the label's tokens carry the model's
+    belief: higher, on average, when it is right (``informative``). Papers it does not know
+    are answered with a random offered label.
+    """
+
+    def __init__(
+        self,
+        truths: Mapping[str, Truth],
+        labels: Sequence[str],
+        accuracy: float,
+        *,
+        seed: int = 0,
+        informative: bool = True,
+        model: str = "scripted-model",
+    ) -> None:
+        if not 0.0 <= accuracy <= 1.0:
+            raise ValueError(f"accuracy must be within [0, 1], got {accuracy}")
+        self.truths = dict(truths)
+        self.labels = tuple(labels)
+        self.accuracy = accuracy
+        self.seed = seed
+        self.informative = informative
+        self.model = model
+
+    def answer(self, text: str, offered: Sequence[str]) -> tuple[str, float]:
+        """The label this model gives ``text`` among ``offered``, and its belief in it."""
+        truth = self.truths.get(paper_key(text))
+        material = f"{self.seed}:{paper_key(text)}:{','.join(sorted(offered))}"
+        rng = random.Random(hashlib.sha256(material.encode()).digest())
+        right = rng.random() < self.accuracy
+        if truth is None:
+            return rng.choice(list(offered)), rng.uniform(0.05, 0.5)
+        if right and truth.label in offered:
+            label = truth.label
+        else:
+            wrong = [c for c in offered if c != truth.label]
+            archive = truth.label.split(".", 1)[0]
+            crossed = [c for c in truth.listed if c in wrong]
+            kin = [c for c in wrong if c.split(".", 1)[0] == archive]
+            label = rng.choice(crossed or kin or wrong or list(offered))
+        if self.informative:
+            belief = rng.betavariate(6, 2) if label == truth.label else rng.betavariate(2, 3)
+        else:
+            belief = rng.uniform(0.2, 0.9)
+        return label, max(1e-6, belief)
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        messages = body.get("messages") or [{}]
+        found = _PAPER.search(str(messages[min(1, len(messages) - 1)].get("content", "")))
+        text = found.group(2) if found else ""
+        label, belief = self.answer(text, _offered(body) or self.labels)
+        reply = Reply.answer(label, model=self.model)
+        if body.get("logprobs") and isinstance(reply.body, dict):
+            opening = '{"label": "'
+            tokens = [(opening, 0.0), (label, math.log(belief)), ('"}', 0.0)]
+            reply.body["choices"][0]["logprobs"] = {
+                "content": [{"token": t, "logprob": lp} for t, lp in tokens]
+            }
+        return reply
+
+
+def _offered(body: dict[str, Any]) -> list[str]:
+    """The labels a request's structured-output schema allows (without "none")."""
+    fmt = body.get("response_format") or {}
+    schema = fmt.get("json_schema", {}).get("schema") if "json_schema" in fmt else fmt.get("schema")
+    try:
+        enum = schema["properties"]["label"]["enum"]
+    except (TypeError, KeyError):
+        return []
+    return [c for c in enum if isinstance(c, str) and c != "none"]
 
 
 @dataclass

@@ -38,7 +38,7 @@ COLUMNS = (
     "name",
     "group",
     "source",
-    "score",
+    "confidence",
     "fallback_reason",
     "model",
     "prompt_version",
@@ -49,7 +49,7 @@ COLUMNS = (
 )
 OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
 _ARROW_TYPES = {
-    "score": "float64",
+    "confidence": "float64",
     "cost_usd": "float64",
     "prompt_tokens": "int64",
     "completion_tokens": "int64",
@@ -92,7 +92,7 @@ def output_row(item_id: str, result: Classification | Exception) -> dict[str, An
         "name": result.name,
         "group": result.group,
         "source": result.source,
-        "score": result.candidates[0].score if result.candidates else None,
+        "confidence": result.confidence,
         "fallback_reason": result.fallback_reason,
         "model": result.model,
         "prompt_version": result.prompt_version,

@@ -27,10 +27,10 @@ from llm_router.llm.breaker import CircuitBreaker, Outcome
 from llm_router.llm.budget import Budget, Reservation, trusted_cost
 from llm_router.llm.ratelimit import RateLimiter
 from llm_router.llm.redact import redact_url
-from llm_router.llm.transport import AUTH_STATUS, Reply, post_chat
+from llm_router.llm.transport import AUTH_STATUS, Reply, TokenLogprob, post_chat
 from llm_router.prompts import Prompt, load_prompt
 from llm_router.reasons import Decision, Reason
-from llm_router.schemas import Candidate, Classification, Usage
+from llm_router.schemas import DEFAULT_LLM_CONFIDENCE, Candidate, Classification, LLMAnswer, Usage
 from llm_router.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -253,8 +253,10 @@ class LLMClassifier:
             raise
         return Classification(
             label=label,
+            confidence=DEFAULT_LLM_CONFIDENCE,  # the voter's calibration replaces it
             source=self.name,
-            candidates=[Candidate(label=label, score=1.0)],
+            candidates=[Candidate(label=label, score=DEFAULT_LLM_CONFIDENCE)],
+            llm_answer=LLMAnswer(label=label, logprob=label_logprob(reply)),
             latency_ms=(time.perf_counter() - started) * 1000,
             model=reply.model or self.settings.model,
             prompt_version=question.prompt.version,
@@ -383,6 +385,9 @@ class LLMClassifier:
         }
         if response_format is not None:
             body["response_format"] = response_format
+        if self.settings.logprobs:  # a calibration input; endpoints without them ignore it
+            body["logprobs"] = True
+            body["top_logprobs"] = 1  # llama.cpp's server returns none without it
         if "openrouter.ai" in self.settings.endpoint:
             body["usage"] = {"include": True}  # ask OpenRouter for usage.cost
         return body
@@ -450,6 +455,31 @@ def _bare_answer(content: str | None) -> str:
         except ValidationError:
             return ""
     return text
+
+
+def label_logprob(reply: Reply) -> float | None:
+    """The log-probability of the answer's label: the sum over the tokens that spell it.
+
+    Tokens are located by their text in the message; when they do not spell the message
+    (an endpoint that reports something else), the sum over all tokens is used, the JSON
+    around the label being near-certain under a structured-output constraint.
+    """
+    tokens: list[TokenLogprob] | None = reply.tokens
+    content = reply.content or ""
+    if not tokens:
+        return None
+    if "".join(t.token for t in tokens) != content:
+        return max(-50.0, sum(t.logprob for t in tokens))
+    bare = _bare_answer(content).strip()
+    start = content.find(bare) if bare else -1
+    if start < 0:
+        return max(-50.0, sum(t.logprob for t in tokens))
+    end, total, at = start + len(bare), 0.0, 0
+    for token in tokens:
+        if at < end and at + len(token.token) > start:
+            total += token.logprob
+        at += len(token.token)
+    return max(-50.0, total)
 
 
 def _total(spent: list[Usage]) -> Usage:

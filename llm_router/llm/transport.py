@@ -84,8 +84,20 @@ class _Message(_Lenient):
     content: str | None = None
 
 
+class TokenLogprob(_Lenient):
+    """One generated token and its log-probability (``choices[0].logprobs.content[i]``)."""
+
+    token: str
+    logprob: float
+
+
+class _Logprobs(_Lenient):
+    content: list[TokenLogprob] | None = None
+
+
 class _Choice(_Lenient):
     message: _Message
+    logprobs: Any = None  # read by _tokens: a malformed one is ignored, never fatal
 
 
 class ChatBody(_Lenient):
@@ -108,6 +120,7 @@ class Reply(BaseModel):
     content: str | None
     model: str | None
     usage: BodyUsage
+    tokens: list[TokenLogprob] | None = None  # when the endpoint returned log-probabilities
 
 
 def post_chat(client: openai.OpenAI, body: dict[str, Any], timeout_s: float) -> Reply:
@@ -163,11 +176,26 @@ def read_body(raw: object) -> Reply:
             f"endpoint sent a malformed completion ({where}: {first['msg']})",
             Reason.BAD_RESPONSE,
         ) from None
+    choice = body.choices[0]
     return Reply(
-        content=body.choices[0].message.content,
+        content=choice.message.content,
         model=body.model,
         usage=body.usage or BodyUsage(),
+        tokens=_tokens(choice.logprobs),
     )
+
+
+def _tokens(raw: object) -> list[TokenLogprob] | None:
+    """The tokens' log-probabilities, or ``None`` when absent, malformed or not finite."""
+    if raw is None:
+        return None
+    try:
+        tokens = _Logprobs.model_validate(raw).content
+    except ValidationError:
+        return None
+    if not tokens or not all(math.isfinite(t.logprob) and t.logprob <= 0 for t in tokens):
+        return None
+    return tokens
 
 
 def _transient(message: str, reason: str) -> LLMUnavailable:

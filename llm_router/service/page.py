@@ -1,9 +1,11 @@
 """The web page at ``/ui`` (Gradio, mounted in the service app).
 
 A person pastes (or picks) an abstract and sees, side by side: the router's answer with its
-arXiv name and group, which classifier answered and why, the LLM's answer when a key is set,
-each local model's top 5 as a bar chart, latency and cost. Bad input is a message on the page,
-never a traceback. With ``LLM_ROUTER_SERVER_TOKEN`` set the page asks for the token itself.
+arXiv name, group and calibrated confidence, which classifier answered and why, the LLM's
+answer when a key is set beside the local model's top 5 it was combined with (and which of the
+two the combination followed), each local model's top 5 as a bar chart, latency and cost. Bad
+input is a message on the page, never a traceback. With ``LLM_ROUTER_SERVER_TOKEN`` set the
+page asks for the token itself.
 
 The page does not phone home: ``llm_router.service`` switches Gradio's analytics and
 version check off before Gradio is imported, and the Blocks say so too.
@@ -55,6 +57,8 @@ def _answer_markdown(result: Classification) -> str:
         f"## {result.label}",
         f"**{result.name}**" + (f" · {result.group}" if result.group else ""),
         "",
+        f"- confidence: **{result.confidence:.0%}** (the calibrated probability that this "
+        "label is right)",
         f"- answered by **{result.source}**"
         + (f" ({result.model})" if result.model else "")
         + (" from the cache" if result.cached else ""),
@@ -74,7 +78,29 @@ def _answer_markdown(result: Classification) -> str:
     return "\n".join(lines)
 
 
+_FOLLOWED = {
+    "agree": "the LLM and the local model agree",
+    "llm": "followed the **LLM**",
+    "local": "followed the **local model** (the LLM's answer was outweighed)",
+    "neither": "neither's first choice: their evidence together points elsewhere",
+}
+
+
 def _llm_markdown(result: Classification, settings: Settings) -> str:
+    answer = result.llm_answer
+    if result.source == "llm" and answer is not None:
+        own = (
+            f"its own measured reliability {answer.confidence:.0%}"
+            if answer.confidence is not None
+            else "not calibrated for this setup (python -m eval --calibrate)"
+        )
+        lines = [f"**LLM ({result.model}):** `{answer.label}` — {own}"]
+        if result.local_candidates:
+            top = ", ".join(f"`{c.label}` {c.score:.0%}" for c in result.local_candidates)
+            lines.append(f"**Local model's top 5:** {top}")
+        if result.followed:
+            lines.append(f"**Combined:** {_FOLLOWED.get(result.followed, result.followed)}")
+        return "\n\n".join(lines)
     if result.source == "llm":
         return f"**LLM ({result.model}):** `{result.label}` — {result.name}"
     if settings.api_key is None:
