@@ -85,6 +85,7 @@ def test_every_format_in_and_out_gives_the_same_labels(
     assert summary.read == summary.classified == len(written) == 40
     assert summary.by_source == {"tfidf": 40} and summary.failed == 0
     assert list(written[0]) == list(COLUMNS)
+    assert all(0.0 < float(w["confidence"]) <= 1.0 for w in written)
     assert [w["id"] for w in written] == [r["id"] for r in rows[:40]]
     assert all(isinstance(w["id"], str) for w in written)
     reference = classify_file(corpus[0], tmp_path / "ref.jsonl")

@@ -23,6 +23,7 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from llm_router import Router  # noqa: E402
+from llm_router.schemas import DEFAULT_LLM_CONFIDENCE  # noqa: E402
 from llm_router.service.app import create_app  # noqa: E402
 from llm_router.testing import Reply  # noqa: E402
 
@@ -89,6 +90,8 @@ def test_classify_answers_with_the_label_its_name_and_group(serve, make_settings
     )
     assert body["name"] == direct.name and body["group"] == direct.group
     assert len(body["candidates"]) == 5
+    assert body["confidence"] == pytest.approx(direct.confidence)  # the local probability
+    assert body["confidence"] == pytest.approx(body["candidates"][0]["score"])
 
 
 def test_the_llm_answers_through_the_service(serve, server):
@@ -97,6 +100,8 @@ def test_the_llm_answers_through_the_service(serve, server):
     body = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}).json()
     assert (body["label"], body["source"], body["group"]) == ("math.AP", "llm", "Mathematics")
     assert server.count == 1
+    assert body["confidence"] == DEFAULT_LLM_CONFIDENCE  # no calibration profile: the default
+    assert body["llm_answer"]["label"] == "math.AP"
 
 
 @pytest.mark.parametrize(
@@ -317,6 +322,7 @@ def test_the_page_classifies_an_abstract_in_a_real_browser(serve, tmp_path):
             browser.close()
     reply = httpx.post(f"{live.url}/v1/classify", json={"text": TEXT}).json()
     assert label == reply["label"] and reply["name"] in body and "tfidf" in body
+    assert f"confidence: {reply['confidence']:.0%}" in body
     assert "no API key" in llm
 
 

@@ -304,3 +304,45 @@ def test_the_scripted_model_is_right_as_often_as_it_is_told():
     assert 0.38 < right < 0.52
     assert {a for a in answers if a != "hep-th"} == {"hep-ph"}  # mistakes: the cross-listing
     assert answers == [model.answer(t, labels)[0] for t in texts]  # deterministic
+
+
+# -- log-probabilities from a hostile endpoint ----------------------------------------------
+def with_logprobs(content: dict | str) -> Reply:
+    reply = Reply.answer("hep-ph")
+    reply.body["choices"][0]["logprobs"] = content
+    return reply
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        "garbage",
+        {"content": "not a list"},
+        {"content": [{"token": "x"}]},
+        {"content": [{"token": '{"label": "hep-ph"}', "logprob": float("nan")}]},
+        {"content": [{"token": '{"label": "hep-ph"}', "logprob": 3.0}]},  # above 0
+        {"content": []},
+    ],
+)
+def test_malformed_log_probabilities_are_ignored_not_fatal(make_settings, server, logprobs):
+    server.script(with_logprobs(logprobs))
+    result = llm_classifier(make_settings(cache=False), LABELS).classify(TEXT)
+    assert result.label == "hep-ph" and result.llm_answer.logprob is None
+
+
+def test_only_the_labels_tokens_count(make_settings, server):
+    tokens = [
+        ('{"', -2.0),
+        ("label", -0.5),
+        ('": "', -0.1),
+        ("hep", -0.3),
+        ("-ph", -0.2),
+        ('"}', -4),
+    ]
+    server.script(with_logprobs({"content": [{"token": t, "logprob": lp} for t, lp in tokens]}))
+    result = llm_classifier(make_settings(cache=False), LABELS).classify(TEXT)
+    assert result.llm_answer.logprob == pytest.approx(-0.5)
+    odd = [("something", -1.0), ("else", -2.0)]  # tokens that do not spell the answer: all
+    server.script(with_logprobs({"content": [{"token": t, "logprob": lp} for t, lp in odd]}))
+    result = llm_classifier(make_settings(cache=False), LABELS).classify(TEXT + " 2")
+    assert result.llm_answer.logprob == pytest.approx(-3.0)
