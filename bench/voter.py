@@ -16,6 +16,10 @@ the ``--n`` rows are asked once (with log-probabilities), then combined by three
 cross-fitting (each third by a profile fitted on the other two), with and without the
 log-probabilities. Every row is scored by a fit that did not see it.
 
+Each scripted endpoint is measured twice: asked for the answer's log-probabilities (the
+scripted model's belief is higher, on average, when it is right) and not asked (the measured
+accuracy alone weighs its vote).
+
 Run: python bench/voter.py --out bench/results/voter.json
      python bench/voter.py --endpoint http://127.0.0.1:8765/v1 --model smollm2 --n 240 \
          --structured-output json_object --out bench/results/voter_smollm2.json
@@ -63,6 +67,7 @@ ENV = (
     "LLM_ROUTER_STRATEGY",
     "LLM_ROUTER_STRUCTURED_OUTPUT",
     "LLM_ROUTER_TIMEOUT_S",
+    "LLM_ROUTER_LOGPROBS",
 )
 
 
@@ -97,7 +102,9 @@ def weak_subsets(rows: Sequence[Row], tfidf_top: Sequence[float], counts: Counte
     }
 
 
-def scripted(args: argparse.Namespace, accuracy: float, papers: list, tmp: Path) -> dict:
+def scripted(
+    args: argparse.Namespace, accuracy: float, logprobs: bool, papers: list, tmp: Path
+) -> dict:
     labels = deployed_label_set(args.model_dir, ["tfidf"])
     held_out = test_ids(args.model_dir, ["tfidf"])["tfidf"]
     every = stratified_sample(papers, held_out, labels, len(held_out), args.seed)
@@ -113,6 +120,7 @@ def scripted(args: argparse.Namespace, accuracy: float, papers: list, tmp: Path)
             LLM_ROUTER_MODEL_DIR=str(root),
             LLM_ROUTER_FALLBACKS="tfidf",
             LLM_ROUTER_CACHE_DIR=str(tmp / "cache"),
+            LLM_ROUTER_LOGPROBS="true" if logprobs else "false",
         )
         from eval.__main__ import main as eval_main
 
@@ -264,6 +272,9 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--accuracy", default="0.45,0.90")
+    parser.add_argument(
+        "--logprobs", default="on,off", help="ask for log-probabilities (on), or not (off)"
+    )
     parser.add_argument("--calibrate-n", type=int, default=300)
     parser.add_argument("--eval-n", type=int, default=2000)
     parser.add_argument("--endpoint", help="a real endpoint instead of the scripted ones")
@@ -286,11 +297,14 @@ def main() -> None:
                 results[args.model] = real_endpoint(args, papers, Path(tmp))
         else:
             for accuracy in (float(a) for a in args.accuracy.split(",")):
-                tmp = Path(tempfile.mkdtemp())
-                try:
-                    results[f"scripted_{accuracy:.2f}"] = scripted(args, accuracy, papers, tmp)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                for mode in args.logprobs.split(","):
+                    tmp = Path(tempfile.mkdtemp())
+                    try:
+                        results[f"scripted_{accuracy:.2f}_logprobs_{mode}"] = scripted(
+                            args, accuracy, mode == "on", papers, tmp
+                        )
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -237,11 +237,36 @@ def _info(args: argparse.Namespace) -> int:
                 "local_models": installed,
                 "chain": ["llm", *order],
                 "labels": len(labels.labels),
+                "calibration": _calibration(settings, order, models),
             },
             indent=2,
         )
     )
     return 0
+
+
+def _calibration(settings: Any, order: tuple[str, ...], models: Any) -> str:
+    """The calibration profile the router would apply to LLM answers, in one line."""
+    if not settings.calibration:
+        return "off (LLM_ROUTER_CALIBRATION=false)"
+    from llm_router.chain import prompt_version
+    from llm_router.voter import Calibration
+
+    found = Calibration(
+        settings.model_dir,
+        model=settings.model,
+        prompt_version=prompt_version(settings, settings.strategy),
+        strategy=settings.strategy,
+    )
+    for kind in order:
+        sha256 = models.sha256(settings.model_dir, kind) if models is not None else None
+        if sha256 is None:
+            continue
+        profile = found.profile_for(kind, sha256)
+        if profile is not None:
+            return profile.describe()
+        break
+    return "none for this setup: LLM answers win with confidence 0.5 (python -m eval --calibrate)"
 
 
 def _delegated() -> dict[str, Callable[[list[str]], int]]:
