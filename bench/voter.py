@@ -12,8 +12,8 @@ path end to end:
    ``published``, the rarest quarter of labels).
 
 A real endpoint (``--endpoint URL --model NAME``, e.g. llama.cpp from scripts/local_llm.sh):
-the ``--n`` rows are asked once (with log-probabilities), then combined by three-fold
-cross-fitting (each third by a profile fitted on the other two), with and without the
+the ``--n`` rows are asked once (with log-probabilities), then scored as the calibration's
+report scores them (three folds, each by a fit on the other two), with and without the
 log-probabilities. Every row is scored by a fit that did not see it.
 
 Each scripted endpoint is measured twice: asked for the answer's log-probabilities (the
@@ -44,7 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench._common import ABSTRACTS, emit, save  # noqa: E402
-from eval.calibrate import collect, fit, local_model  # noqa: E402
+from eval.calibrate import (  # noqa: E402
+    cascade_threshold,
+    collect,
+    figures,
+    folds,
+    local_model,
+    out_of_fold,
+)
 from eval.sampling import Row, stratified_sample  # noqa: E402
 from fallback_models.artifacts import deployed_label_set, test_ids  # noqa: E402
 from fallback_models.data import load_papers  # noqa: E402
@@ -53,9 +60,8 @@ from fallback_models.tfidf import TfidfClassifier  # noqa: E402
 from llm_router import Router, Settings  # noqa: E402
 from llm_router.chain import build_chain  # noqa: E402
 from llm_router.llm.ratelimit import RateLimiter  # noqa: E402
-from llm_router.schemas import DEFAULT_LLM_CONFIDENCE, Classification  # noqa: E402
+from llm_router.schemas import Classification  # noqa: E402
 from llm_router.testing import ChatServer, ScriptedModel, Truth, paper_key  # noqa: E402
-from llm_router.voter import followed  # noqa: E402
 
 ENV = (
     "LLM_ROUTER_API_KEY",
@@ -231,8 +237,6 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
 
     observations, results = collect(chain, rows, model, 1, progress, threading.Event())
     seconds = (time.perf_counter() - started) / max(1, len(rows))
-    n_labels = len(labels.labels)
-    truth = [o.truth for o in observations]
     out: dict[str, Any] = {
         "model": args.model,
         "rows_asked": len(rows),
@@ -240,32 +244,17 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
         "failed": dict(Counter(r.reason for r in results if r.label is None)),
         "with_logprobs": sum(o.logprob is not None for o in observations),
         "seconds_per_row": round(seconds, 2),
-        "llm_alone": summary([o.llm_label for o in observations], [0.5] * len(truth), truth),
-        "tfidf_alone": summary(
-            [o.local[0].label for o in observations],
-            [o.local[0].score for o in observations],
-            truth,
-        ),
-        "uncombined": summary(
-            [o.llm_label for o in observations], [DEFAULT_LLM_CONFIDENCE] * len(truth), truth
-        ),
     }
+    # The same out-of-fold scoring as the calibration's report, with and without log-probs.
     for use_logprob in (False, True):
         if use_logprob and not out["with_logprobs"]:
             continue
-        labels_out, conf_out, truth_out, follow = [], [], [], Counter()
-        for fold in range(3):
-            test = observations[fold::3]
-            train = [o for i, o in enumerate(observations) if i % 3 != fold]
-            params = fit(train, n_labels, use_logprob=use_logprob)
-            for o in test:
-                best = params.combine(o.local, n_labels, o.llm_label, o.logprob)[0]
-                labels_out.append(best.label)
-                conf_out.append(best.score)
-                truth_out.append(o.truth)
-                follow[followed(best.label, o.llm_label, o.local[0].label)] += 1
-        key = "combined_with_logprobs" if use_logprob else "combined"
-        out[key] = {**summary(labels_out, conf_out, truth_out), "followed": dict(follow)}
+        scored, post, alone = out_of_fold(
+            folds(observations, args.seed), len(labels.labels), use_logprob
+        )
+        measured = figures(scored, post, alone)
+        measured["cascade"] = cascade_threshold(scored, post)
+        out["logprobs" if use_logprob else "no_logprobs"] = measured
     return out
 
 

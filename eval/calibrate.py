@@ -1,10 +1,12 @@
 """``python -m eval --calibrate``: measure the endpoint, fit the voter, write its profile.
 
 Each labelled row is put to the LLM the way the configured strategy asks (the full list, or
-the local model's top K), and to the first local model of the chain (its top 20). The rows are
-split in two, by the seed: the combination (:class:`~llm_router.voter.VoterParams`) and the
-cascade threshold are fitted on the first part, and every figure of the report is measured on
-the second, held back. The profile is written under ``LLM_ROUTER_MODEL_DIR/profiles/``.
+the local model's top K), and to the first local model of the chain (its top 20). The figures
+of the report are measured out of fold: the rows are dealt into three folds by the seed, and
+each fold is scored by a combination (:class:`~llm_router.voter.VoterParams`) fitted on the
+other two, so every row is held back from the fit that scores it. The cascade threshold is
+chosen on those scores; the profile's numbers are then fitted on every row. The profile is
+written under ``LLM_ROUTER_MODEL_DIR/profiles/``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import random
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +36,7 @@ from llm_router.voter import LOCAL_TOP_K, Profile, ProfileKey, VoterParams, foll
 
 logger = logging.getLogger(__name__)
 
-HELD_BACK = 1 / 3  # share of the rows kept out of the fit, for the report
+FOLDS = 3  # the report's rows are scored out of fold
 ARCHIVE_RIDGE = 2.0  # L2 penalty on the per-archive offsets (few rows: they stay near 0)
 MIN_LOGPROB_SHARE = 0.8  # log-probabilities are used when at least this share of answers has one
 CASCADE_TOLERANCE = 0.005  # the cascade may give up this much accuracy to save LLM calls
@@ -133,14 +136,12 @@ def collect(
     return observations, results
 
 
-def split(
-    observations: Sequence[Observation], seed: int
-) -> tuple[list[Observation], list[Observation]]:
-    """(fit, held back): a seeded shuffle, a third held back."""
+def folds(observations: Sequence[Observation], seed: int) -> list[list[Observation]]:
+    """The rows dealt into :data:`FOLDS` folds after a seeded shuffle (fewer with few rows)."""
     order = list(observations)
     random.Random(seed).shuffle(order)
-    cut = len(order) - max(1, round(len(order) * HELD_BACK))
-    return order[:cut], order[cut:]
+    k = max(1, min(FOLDS, len(order) // 2))
+    return [order[i::k] for i in range(k)]
 
 
 # -- the fit ---------------------------------------------------------------------------------
@@ -257,18 +258,30 @@ def _fit_alone(right: np.ndarray, logprob: np.ndarray | None) -> tuple[float, fl
 
 
 # -- figures ---------------------------------------------------------------------------------
-def posteriors(
-    params: VoterParams, observations: Sequence[Observation], n_labels: int
-) -> list[list[Candidate]]:
-    return [params.combine(o.local, n_labels, o.llm_label, o.logprob) for o in observations]
+def out_of_fold(
+    parts: Sequence[Sequence[Observation]], n_labels: int, use_logprob: bool
+) -> tuple[list[Observation], list[list[Candidate]], list[float]]:
+    """Each fold scored by a fit on the others: the rows, their posteriors and the LLM-alone
+    confidences. With one fold, the fit scores its own rows (too few rows to hold any back)."""
+    rows: list[Observation] = []
+    post: list[list[Candidate]] = []
+    alone: list[float] = []
+    for i, part in enumerate(parts):
+        others = [o for j, p in enumerate(parts) if j != i for o in p] or list(part)
+        params = fit(others, n_labels, use_logprob=use_logprob)
+        rows.extend(part)
+        post.extend(params.combine(o.local, n_labels, o.llm_label, o.logprob) for o in part)
+        alone.extend(params.llm_alone(o.logprob) for o in part)
+    return rows, post, alone
 
 
 def figures(
-    params: VoterParams, observations: Sequence[Observation], n_labels: int
+    observations: Sequence[Observation],
+    post: Sequence[Sequence[Candidate]],
+    alone: Sequence[float],
 ) -> dict[str, dict[str, Any]]:
     """Accuracy and ECE of the LLM alone, the local model alone, the LLM winning every row
-    (the router without a profile) and the combination."""
-    post = posteriors(params, observations, n_labels)
+    (the router without a profile) and the combination (``post``)."""
     truth = [o.truth for o in observations]
 
     def summary(labels: Sequence[str], confidence: Sequence[float]) -> dict[str, Any]:
@@ -279,11 +292,10 @@ def figures(
             "ece": expected_calibration_error(confidence, right) if right else None,
         }
 
-    alone = [params.llm_alone(o.logprob) for o in observations]
     combined = summary([p[0].label for p in post], [p[0].score for p in post])
     combined["followed"] = dict(
         sorted(
-            _count(
+            Counter(
                 followed(p[0].label, o.llm_label, o.local[0].label if o.local else None)
                 for p, o in zip(post, observations, strict=True)
             ).items()
@@ -301,20 +313,12 @@ def figures(
     }
 
 
-def _count(items: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
-
-
 def cascade_threshold(
-    params: VoterParams, observations: Sequence[Observation], n_labels: int
+    observations: Sequence[Observation], post: Sequence[Sequence[Candidate]]
 ) -> dict[str, Any]:
     """The lowest local-confidence threshold (the fewest LLM calls) at which the cascade,
     answering rows at or above it locally and combining the rest, is within
-    ``CASCADE_TOLERANCE`` of combining every row."""
-    post = posteriors(params, observations, n_labels)
+    ``CASCADE_TOLERANCE`` of combining every row; with its accuracy and ECE."""
     top = np.array([o.local[0].score for o in observations])
     local_right = np.array([o.local[0].label == o.truth for o in observations])
     combined_right = np.array(
@@ -323,37 +327,18 @@ def cascade_threshold(
     target = combined_right.mean() - CASCADE_TOLERANCE
     best = 1.0
     for t in sorted({0.0, *np.round(top, 4).tolist(), 1.0}):
-        accuracy = np.where(top >= t, local_right, combined_right).mean()
-        if accuracy >= target:
+        if np.where(top >= t, local_right, combined_right).mean() >= target:
             best = float(t)
             break
+    kept = top >= best
+    confidence = np.where(kept, top, [p[0].score for p in post])
+    right = np.where(kept, local_right, combined_right)
     return {
         "threshold": best,
-        "llm_calls_share": float((top < best).mean()),
-        "accuracy": float(np.where(top >= best, local_right, combined_right).mean()),
-    }
-
-
-def apply_threshold(
-    params: VoterParams, observations: Sequence[Observation], n_labels: int, threshold: float
-) -> dict[str, Any]:
-    post = posteriors(params, observations, n_labels)
-    local = [o.local[0].score >= threshold for o in observations]
-    labels = [
-        o.local[0].label if keep else p[0].label
-        for keep, p, o in zip(local, post, observations, strict=True)
-    ]
-    confidence = [
-        o.local[0].score if keep else p[0].score
-        for keep, p, o in zip(local, post, observations, strict=True)
-    ]
-    right = [label == o.truth for label, o in zip(labels, observations, strict=True)]
-    return {
-        "threshold": threshold,
         "rows": len(right),
-        "llm_calls_share": float(1 - np.mean(local)) if local else None,
-        "accuracy": float(np.mean(right)) if right else None,
-        "ece": expected_calibration_error(confidence, right) if right else None,
+        "llm_calls_share": float((~kept).mean()),
+        "accuracy": float(right.mean()),
+        "ece": expected_calibration_error(confidence, right),
     }
 
 
@@ -368,14 +353,18 @@ def calibrate(
     data: str,
     failed: int,
 ) -> Profile:
-    """Fit on part of ``observations``, measure on the rest, and build the profile."""
-    fit_rows, held = split(observations, seed)
+    """Score ``observations`` out of fold for the report, fit on all of them for the
+    profile."""
     with_logprob = sum(o.logprob is not None for o in observations)
     use_logprob = bool(observations) and with_logprob / len(observations) >= MIN_LOGPROB_SHARE
-    params = fit(fit_rows, n_labels, use_logprob=use_logprob)
-    measured = figures(params, held, n_labels)
-    threshold = cascade_threshold(params, fit_rows, n_labels)
-    measured["cascade"] = apply_threshold(params, held, n_labels, threshold["threshold"])
+    if not observations:
+        raise CalibrationError("no row was answered by the LLM: nothing to fit")
+    parts = folds(observations, seed)
+    rows, post, alone = out_of_fold(parts, n_labels, use_logprob)
+    measured = figures(rows, post, alone)
+    threshold = cascade_threshold(rows, post)
+    measured["cascade"] = threshold
+    params = fit(observations, n_labels, use_logprob=use_logprob)
     strategy: StrategyName = settings.strategy
     return Profile(
         key=ProfileKey(
@@ -393,11 +382,12 @@ def calibrate(
             "seed": seed,
             "asked": len(observations) + failed,
             "answered": len(observations),
-            "fit": len(fit_rows),
-            "held_back": len(held),
+            "fit": len(observations),
+            "folds": len(parts),
+            "out_of_fold": len(rows),
             "with_logprobs": with_logprob,
             "logprobs_used": use_logprob,
-            "fit_ids_sha256": _ids_digest(fit_rows),
+            "fit_ids_sha256": _ids_digest(observations),
         },
         figures=measured,
     )
@@ -414,8 +404,8 @@ def report_table(profile: Profile) -> str:
     f = profile.figures
     lines = [
         f"calibration of {profile.key.model} ({profile.key.strategy}, prompt "
-        f"{profile.key.prompt_version}) with {profile.key.local_kind}: fitted on "
-        f"{profile.rows['fit']} rows, measured on {profile.rows['held_back']} held back"
+        f"{profile.key.prompt_version}) with {profile.key.local_kind}: {profile.rows['fit']} "
+        f"rows, each measured by a fit on the other folds ({profile.rows['folds']}-fold)"
         + (" (log-probabilities used)" if profile.rows.get("logprobs_used") else ""),
         f"{'system':<30} {'accuracy':>9} {'ECE':>7}",
     ]

@@ -139,7 +139,7 @@ class VoterParams(BaseModel):
 
 class Profile(BaseModel):
     """A calibration profile: the setup, the fitted numbers, where they came from and what
-    they measured on held-back rows."""
+    they measured on rows held back from the fit that scored them."""
 
     format: int = PROFILE_FORMAT
     key: ProfileKey
@@ -153,7 +153,9 @@ class Profile(BaseModel):
         held = self.figures.get("combined", {})
         measured = ""
         if "accuracy" in held:
-            measured = f"; held-back accuracy {held['accuracy']:.3f}, ECE {held.get('ece', 0):.3f}"
+            measured = (
+                f"; out-of-fold accuracy {held['accuracy']:.3f}, ECE {held.get('ece', 0):.3f}"
+            )
         return (
             f"model {self.key.model}, prompt {self.key.prompt_version}, strategy "
             f"{self.key.strategy}, local {self.key.local_kind} {self.key.local_sha256[:12]}, "

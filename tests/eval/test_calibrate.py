@@ -9,7 +9,7 @@ import random
 import pytest
 
 from eval.__main__ import main
-from eval.calibrate import Observation, cascade_threshold, figures, fit
+from eval.calibrate import Observation, cascade_threshold, figures, fit, folds, out_of_fold
 from eval.sampling import stratified_sample
 from fallback_models import artifacts
 from fallback_models.data import load_papers
@@ -62,8 +62,9 @@ def test_calibrate_writes_a_profile_the_router_then_uses(
         [path] = (model_root / "profiles").glob("*.json")
         profile = read_profile(path)
         assert profile.key.model == Settings().model
-        assert profile.key.local_kind == "tfidf" and profile.rows["fit"] == 60
-        assert profile.rows["held_back"] == 30 and profile.rows["logprobs_used"]
+        assert profile.key.local_kind == "tfidf" and profile.rows["fit"] == 90
+        assert profile.rows["out_of_fold"] == 90 and profile.rows["folds"] == 3
+        assert profile.rows["logprobs_used"]
         held = profile.figures
         assert {"llm_alone", "local_alone", "uncombined", "combined", "cascade"} <= set(held)
         assert held["llm_alone"]["accuracy"] > 0.7  # the endpoint is right 90 % of the time
@@ -136,7 +137,8 @@ def synthetic(n: int, llm_accuracy: float, seed: int = 0) -> list[Observation]:
 def test_the_fit_never_does_worse_than_the_local_model(llm_accuracy):
     fit_rows, held = synthetic(600, llm_accuracy, 1), synthetic(400, llm_accuracy, 2)
     params = fit(fit_rows, len(LABELS), use_logprob=False)
-    measured = figures(params, held, len(LABELS))
+    post = [params.combine(o.local, len(LABELS), o.llm_label, None) for o in held]
+    measured = figures(held, post, [params.llm_alone(None)] * len(held))
     assert params.llm_alone(None) == pytest.approx(llm_accuracy, abs=0.06)
     assert measured["combined"]["accuracy"] >= measured["local_alone"]["accuracy"] - 0.01
     assert measured["combined"]["accuracy"] >= measured["llm_alone"]["accuracy"] - 0.01
@@ -146,9 +148,18 @@ def test_the_fit_never_does_worse_than_the_local_model(llm_accuracy):
 
 
 def test_the_cascade_threshold_meets_the_full_combination_with_fewer_calls():
-    rows = synthetic(600, 0.9, 3)
-    params = fit(rows, len(LABELS), use_logprob=False)
-    chosen = cascade_threshold(params, rows, len(LABELS))
-    combined = figures(params, rows, len(LABELS))["combined"]["accuracy"]
+    rows, post, alone = out_of_fold(folds(synthetic(600, 0.9, 3), 0), len(LABELS), False)
+    chosen = cascade_threshold(rows, post)
+    combined = figures(rows, post, alone)["combined"]["accuracy"]
     assert chosen["accuracy"] >= combined - 0.005 - 1e-9
     assert 0.0 <= chosen["llm_calls_share"] <= 1.0
+
+
+def test_every_row_is_scored_by_a_fit_that_did_not_see_it():
+    rows = synthetic(90, 0.7, 4)
+    parts = folds(rows, 0)
+    assert len(parts) == 3 and sorted(o.row_id for p in parts for o in p) == sorted(
+        o.row_id for o in rows
+    )
+    scored, post, _alone = out_of_fold(parts, len(LABELS), False)
+    assert len(scored) == len(post) == 90
