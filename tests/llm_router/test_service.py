@@ -548,3 +548,26 @@ def test_the_page_is_under_the_services_admission_control(serve, server):
     server.default = lambda _body: Reply.answer("math.AP")
     answer = client.predict(TEXT, "", api_name="/run")
     assert answer[0].startswith("## math.AP")
+
+
+def test_the_page_shows_the_llm_answer_beside_the_local_top_5_and_whom_it_followed():
+    from llm_router.schemas import Candidate, Classification, LLMAnswer
+    from llm_router.service.page import _answer_markdown, _llm_markdown
+    from llm_router.settings import Settings
+
+    local = [Candidate(label=c, score=s) for c, s in [("hep-th", 0.6), ("hep-ph", 0.2)]]
+    result = Classification(
+        label="hep-th",
+        confidence=0.71,
+        source="llm",
+        model="some-model",
+        candidates=[Candidate(label="hep-th", score=0.71)],
+        llm_answer=LLMAnswer(label="hep-ph", logprob=-2.0, confidence=0.4),
+        local_candidates=local,
+        followed="local",
+    )
+    shown = _llm_markdown(result, Settings(api_key="k"))
+    assert "`hep-ph`" in shown and "40%" in shown  # the LLM's answer and its own reliability
+    assert "`hep-th` 60%" in shown and "`hep-ph` 20%" in shown  # the local top 5
+    assert "local model" in shown.split("Combined:")[1]  # whom the combination followed
+    assert "confidence: **71%**" in _answer_markdown(result)
