@@ -219,6 +219,7 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
         model_dir=root,
         fallbacks=("tfidf",),
         structured_output=args.structured_output,
+        strategy=args.strategy,
         timeout_s=600,
         max_attempts=2,
         cache_dir=args.cache_dir or tmp / "cache",
@@ -239,6 +240,7 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
     seconds = (time.perf_counter() - started) / max(1, len(rows))
     out: dict[str, Any] = {
         "model": args.model,
+        "strategy": args.strategy,
         "rows_asked": len(rows),
         "rows_answered": len(observations),
         "failed": dict(Counter(r.reason for r in results if r.label is None)),
@@ -269,6 +271,9 @@ def main() -> None:
     parser.add_argument("--endpoint", help="a real endpoint instead of the scripted ones")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--structured-output", default="json_object")
+    parser.add_argument(
+        "--strategy", default="llm", help="how a real endpoint is asked (llm, shortlist)"
+    )
     parser.add_argument("--n", type=int, default=240, help="rows for a real endpoint")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--data", type=Path, default=ABSTRACTS)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -329,21 +330,8 @@ def _calibrate(
         raise UsageError(str(exc)) from None
     stop = threading.Event()
     started = time.perf_counter()
-    agreed = seen = 0
     with tqdm(total=len(rows), desc=f"calibrate {settings.model}", unit="row") as bar:
-
-        def done(outcome: RowResult) -> None:
-            nonlocal agreed, seen
-            agreed += outcome.label == outcome.truth
-            seen += 1
-            snap = budget.snapshot()
-            bar.update(1)
-            bar.set_postfix(
-                llm_acc=f"{agreed / seen:.0%}",
-                req=snap["requests"],
-                usd=f"{snap['spent_usd']:.4f}",
-            )
-
+        done = _progress(bar, budget)
         observations, results = collect(chain, rows, model, args.concurrency, done, stop)
     failed = Counter(r.reason for r in results if r.label is None)
     if stop.is_set():
@@ -418,20 +406,26 @@ def _run_one(
             result = run_local(system, rows)
             bar.update(len(rows))
         return result
-    correct = seen = 0
     with tqdm(total=len(rows), desc=system.name, unit="row") as bar:
+        return run_concurrent(system, rows, concurrency, _progress(bar, budget), stop)
 
-        def done(outcome: RowResult) -> None:
-            nonlocal correct, seen
-            correct += outcome.label == outcome.truth
-            seen += 1
-            snap = budget.snapshot()
-            bar.update(1)
-            bar.set_postfix(
-                acc=f"{correct / seen:.0%}", req=snap["requests"], usd=f"{snap['spent_usd']:.4f}"
-            )
 
-        return run_concurrent(system, rows, concurrency, done, stop)
+def _progress(bar: Any, budget: Budget) -> Callable[[RowResult], None]:
+    """A row's callback: advance ``bar``, show the LLM's accuracy so far and the spend."""
+    counts = {"right": 0, "seen": 0}
+
+    def done(outcome: RowResult) -> None:
+        counts["right"] += outcome.label == outcome.truth
+        counts["seen"] += 1
+        snap = budget.snapshot()
+        bar.update(1)
+        bar.set_postfix(
+            acc=f"{counts['right'] / counts['seen']:.0%}",
+            req=snap["requests"],
+            usd=f"{snap['spent_usd']:.4f}",
+        )
+
+    return done
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m eval") -> int:

@@ -6,6 +6,9 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,24 @@ def default_sigint() -> None:
     """``preexec_fn`` of a child that a test interrupts: a shell starts background jobs with
     SIGINT ignored and children inherit that, so the child restores the default first."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_after(argv: list[str], server: ChatServer, requests: int) -> tuple[int, str]:
+    """Run ``python -m`` ``argv`` in a child, press Ctrl-C once ``server`` has seen
+    ``requests`` requests, and return the exit code and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        preexec_fn=default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while server.count < requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
 
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arxiv"

@@ -168,32 +168,16 @@ def test_every_row_is_scored_by_a_fit_that_did_not_see_it():
 def test_ctrl_c_writes_no_profile_and_a_rerun_resumes_from_the_cache(
     calibrate_env, tmp_path, model_root, sample_file
 ):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from llm_router.testing import Reply
-    from tests.conftest import default_sigint
+    from tests.conftest import interrupt_after
 
     model = scripted(model_root, sample_file, 0.7)
     with ChatServer(lambda body: Reply(**{**vars(model(body)), "delay_s": 0.3})) as server:
         calibrate_env.setenv("LLM_ROUTER_BASE_URL", server.url)
         args = ["--calibrate", "--n", "30", "--data", str(sample_file), "--rpm", "100000"]
         args += ["--concurrency", "1", "--price-per-mtok", "0"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "eval", *args, "--out", str(tmp_path / "a")],
-            preexec_fn=default_sigint,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while server.count < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr
+        code, stderr = interrupt_after(["eval", *args, "--out", str(tmp_path / "a")], server, 3)
+        assert code == 130, stderr
         assert "no profile written" in stderr and "Traceback" not in stderr
         assert not (model_root / "profiles").exists()
         sent = server.count

@@ -12,7 +12,7 @@ import pytest
 
 from eval.__main__ import main
 from llm_router.testing import Reply
-from tests.conftest import TEST_KEY, default_sigint
+from tests.conftest import TEST_KEY, interrupt_after
 
 
 @pytest.fixture
@@ -231,9 +231,6 @@ def test_the_key_appears_in_no_report_file(env, server, tmp_path, sample_file):
 
 
 def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_path, sample_file):
-    import signal
-    import time
-
     env.setenv("OPENROUTER_API_KEY", TEST_KEY)
     server.default = lambda _body: Reply.answer("cs.LG", delay_s=0.3)
     out = tmp_path / "run"
@@ -249,19 +246,8 @@ def test_ctrl_c_writes_the_partial_report_and_a_rerun_resumes(env, server, tmp_p
         "--concurrency",
         "1",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eval", *args, "--out", str(out)],
-        preexec_fn=default_sigint,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while server.count < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    code, stderr = interrupt_after(["eval", *args, "--out", str(out)], server, 3)
+    assert code == 130, stderr
     assert "Traceback" not in stderr
     report = read_report(out)
     done = report["systems"]["llm"]["rows"]
