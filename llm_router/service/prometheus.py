@@ -43,6 +43,13 @@ class ServiceMetrics:
         self.cache_hits = Counter(
             "llm_router_cache_hits", "answers taken from the disk cache", registry=registry
         )
+        self.confidence = Histogram(
+            "llm_router_confidence",
+            "calibrated confidence of the answers, by the classifier that gave them",
+            ["source"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=registry,
+        )
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -50,6 +57,7 @@ class ServiceMetrics:
 
     def classified(self, result: Classification) -> None:
         self.classifications.labels(result.source, result.fallback_reason or "none").inc()
+        self.confidence.labels(result.source).observe(result.confidence)
         if result.cached:
             self.cache_hits.inc()
         self.spent(result.usage)

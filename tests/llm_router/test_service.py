@@ -210,6 +210,9 @@ def test_metrics_count_requests_classifications_tokens_and_cache_hits(serve, ser
         "llm_router_llm_requests_total 1.0",
         "llm_router_cache_hits_total 1.0",
         'llm_router_request_seconds_count{endpoint="/v1/classify"} 3.0',
+        # No calibration profile: LLM answers carry the default 0.5.
+        'llm_router_confidence_bucket{le="0.5",source="llm"} 2.0',
+        'llm_router_confidence_bucket{le="0.4",source="llm"} 0.0',
     ]
     for line in expected:
         assert line in text, line
