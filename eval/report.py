@@ -42,7 +42,7 @@ def system_figures(outcomes: Sequence[RowResult], spent: dict[str, Any]) -> dict
     with_listed = [o for o in outcomes if len(o.listed) > 0]
     listed_correct = sum(o.label in o.listed for o in with_listed)
     shortlisted = [o for o in outcomes if o.shortlist]
-    confident = [o for o in answered if o.confidence is not None]
+    confidence = [(o.confidence, o.label == o.truth) for o in answered if o.confidence is not None]
     figures: dict[str, Any] = {
         "rows": n,
         "answered": len(answered),
@@ -63,14 +63,12 @@ def system_figures(outcomes: Sequence[RowResult], spent: dict[str, Any]) -> dict
         "decisions": dict(Counter(o.decision for o in outcomes if o.decision)),
         # The calibration error of ``confidence`` over the answered rows.
         "ece": (
-            expected_calibration_error(
-                [o.confidence for o in confident], [o.label == o.truth for o in confident]
-            )
-            if confident
+            expected_calibration_error([c for c, _ in confidence], [r for _, r in confidence])
+            if confidence
             else None
         ),
         "mean_confidence": (
-            sum(o.confidence for o in confident) / len(confident) if confident else None  # type: ignore[misc]
+            sum(c for c, _ in confidence) / len(confidence) if confidence else None
         ),
         "followed": dict(Counter(o.followed for o in outcomes if o.followed)),
         "top5": top_k_accuracy(truth, [o.candidates for o in outcomes]) if has_top5 else None,

@@ -178,10 +178,12 @@ class ScriptedModel:
 def _offered(body: dict[str, Any]) -> list[str]:
     """The labels a request's structured-output schema allows (without "none")."""
     fmt = body.get("response_format") or {}
-    schema = fmt.get("json_schema", {}).get("schema") if "json_schema" in fmt else fmt.get("schema")
+    schema: Any = (
+        fmt.get("json_schema", {}).get("schema") if "json_schema" in fmt else fmt.get("schema")
+    )
     try:
         enum = schema["properties"]["label"]["enum"]
-    except (TypeError, KeyError):
+    except (TypeError, KeyError, AttributeError):
         return []
     return [c for c in enum if isinstance(c, str) and c != "none"]
 
