@@ -53,6 +53,30 @@ def test_info_describes_settings_and_installed_models(tmp_path):
     assert info["api_key"] == "unset"
     assert info["local_models"] == {"bert": "not trained", "tfidf": "not trained"}
     assert info["chain"] == ["llm", "bert", "tfidf"]
+    assert info["calibration"].startswith("none for this setup")
+
+
+def test_info_names_the_calibration_profile_in_force(tmp_path, trained_models):
+    from fallback_models.registry import MODELS
+    from llm_router.settings import Settings
+    from llm_router.voter import Profile, ProfileKey, VoterParams, write_profile
+
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "tfidf").symlink_to(trained_models / "tfidf")
+    settings = Settings()
+    key = ProfileKey(
+        model=settings.model,
+        prompt_version=settings.prompt,
+        strategy="llm",
+        local_kind="tfidf",
+        local_sha256=MODELS.sha256(root, "tfidf"),
+    )
+    params = VoterParams(alpha=1.0, bonus=2.0, alone_bias=0.0)
+    write_profile(root, Profile(key=key, created="2026-12-07", params=params, rows={"fit": 300}))
+    done = run("info", env={"LLM_ROUTER_MODEL_DIR": str(root)})
+    info = json.loads(done.stdout)
+    assert "fitted on 300 rows" in info["calibration"] and "tfidf" in info["calibration"]
 
 
 def test_info_of_a_directory_without_a_manifest_is_a_one_line_error(tmp_path):
