@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +242,21 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, str | None]]:
 def _csv_rows(path: Path) -> Iterator[tuple[str, str | None]]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-            raise DataError(
-                f"{path} exists with other columns ({', '.join(reader.fieldnames[:4])}, ...): "
-                "not an output of this command; choose another OUTPUT"
-            )
+        if reader.fieldnames is not None:
+            _check_columns(path, reader.fieldnames)
         for row in reader:
             yield row["id"], error_kind(row["error"])
+
+
+def _check_columns(path: Path, names: Sequence[str]) -> None:
+    """An OUTPUT to resume has this version's columns (a CSV or parquet file is rewritten
+    whole, so one with other columns cannot take new rows)."""
+    if tuple(names) != COLUMNS:
+        differ = sorted(set(names) ^ set(COLUMNS))[:4]
+        raise DataError(
+            f"{path} exists with other columns ({', '.join(differ) or 'another order'} differ): "
+            "written by an earlier version or another program; choose another OUTPUT"
+        )
 
 
 def _parquet_rows(path: Path) -> list[tuple[str, str | None]]:
@@ -256,6 +264,7 @@ def _parquet_rows(path: Path) -> list[tuple[str, str | None]]:
     import pyarrow.parquet as pq
 
     try:
+        _check_columns(path, pq.read_schema(path).names)
         table = pq.read_table(path, columns=["id", "error"])
     except (pa.ArrowException, KeyError, OSError) as exc:
         raise DataError(f"cannot read the existing output {path}: {exc}") from None

@@ -441,3 +441,23 @@ def test_a_request_budget_smaller_than_the_ray_workers_is_not_split_to_nothing(
     # Each worker may send 1; how many workers get a batch is Ray's choice.
     assert 1 <= len(times) <= 3 and summary.requests == len(times)
     assert summary.by_source == {"llm": len(times), "tfidf": 12 - len(times)}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_output_of_an_earlier_version_is_refused_before_any_work(
+    local_env, tmp_path, corpus, suffix
+):
+    old = [c if c != "confidence" else "score" for c in COLUMNS]  # before this round
+    out = tmp_path / f"old{suffix}"
+    if suffix == ".csv":
+        out.write_text(",".join(old) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({c: pa.array([], pa.string()) for c in old}), out)
+    before = out.read_bytes()
+    with pytest.raises(DataError, match="written by an earlier version") as caught:
+        classify_file(corpus[0], out)
+    assert "confidence" in str(caught.value) and "score" in str(caught.value)
+    assert "\n" not in str(caught.value) and out.read_bytes() == before
