@@ -33,6 +33,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -233,8 +234,6 @@ def real_endpoint(args: argparse.Namespace, papers: list, tmp: Path) -> dict:
         done["rows"] += 1
         if done["rows"] % 20 == 0:
             print(f"{done['rows']} rows, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-
-    import threading
 
     observations, results = collect(chain, rows, model, 1, progress, threading.Event())
     seconds = (time.perf_counter() - started) / max(1, len(rows))

@@ -210,6 +210,7 @@ class ChatServer:
         self.requests: list[Recorded] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified on every request
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -230,6 +231,16 @@ class ChatServer:
         with self._lock:
             return len(self.requests)
 
+    def wait_for(self, requests: int, *, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Block until the server has received ``requests`` requests (True), or ``stop()``
+        says to give up, checked whenever a request arrives and every second (False)."""
+        with self._arrived:
+            while len(self.requests) < requests:
+                if stop():
+                    return False
+                self._arrived.wait(1.0)
+        return True
+
     def script(self, *replies: Reply) -> None:
         """Queue replies for the next requests, in order."""
         with self._lock:
@@ -238,6 +249,7 @@ class ChatServer:
     def _next_reply(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         with self._lock:
             self.requests.append(Recorded(body, headers, time.monotonic()))
+            self._arrived.notify_all()
             if self._queue:
                 return self._queue.popleft()
         return self.default(body)

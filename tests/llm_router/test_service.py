@@ -538,10 +538,7 @@ def test_the_page_is_under_the_services_admission_control(serve, server):
     )
     busy_request.start()
     try:
-        for _ in range(600):  # polls until the request holds the only slot (an order)
-            if server.count:
-                break
-            time.sleep(0.05)
+        assert server.wait_for(1, stop=lambda: not busy_request.is_alive())  # it holds the slot
         client = gradio_client.Client(f"{live.url}/ui/", verbose=False)
         answer = client.predict(TEXT, "", api_name="/run")
         assert answer[0].startswith("⚠️ The service is busy")
