@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,8 +112,9 @@ class LLMClassifier:
         self._full = _Question(
             prompt, labels, prompt.system(labels), self._response_format(labels.labels)
         )
-        self._client: openai.OpenAI | None = client or self._build_client()
         self._client_lock = threading.Lock()
+        self._closer: weakref.finalize[Any, Any] | None = None
+        self._client: openai.OpenAI | None = client or self._own_client()
         self.fingerprint = self._build_fingerprint()
 
     def _build_client(self) -> openai.OpenAI:
@@ -167,11 +169,22 @@ class LLMClassifier:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            if self._closer is not None:
+                self._closer.detach()
+                self._closer = None
+
+    def _own_client(self) -> openai.OpenAI:
+        """Build the HTTP client and close it when this object is collected, so a router
+        dropped without ``close()`` leaks no sockets (garbage collection would otherwise
+        reach the pool's sockets in any order, each one unclosed)."""
+        client = self._build_client()
+        self._closer = weakref.finalize(self, client.close)
+        return client
 
     def _http(self) -> openai.OpenAI:
         with self._client_lock:
             if self._client is None:
-                self._client = self._build_client()
+                self._client = self._own_client()
             return self._client
 
     def cache_key(self, text: str, *, shortlist: Sequence[str] | None = None) -> str:

@@ -3,6 +3,7 @@ and leaks nothing."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 from llm_router import Router
 from llm_router.labels import LabelSet
 from llm_router.llm.budget import Budget
+from llm_router.llm.client import LLMClassifier
+from llm_router.prompts import load_prompt
 from llm_router.router import llm_classifier
 from llm_router.testing import ChatServer, Reply
 from tests.conftest import TEST_KEY
@@ -131,15 +134,15 @@ def test_budget_is_never_exceeded_under_concurrency(
     server.default = reply
     before = server.count
     budget = Budget(max_requests=k)
-    router = Router(
+    with Router(
         [
             llm_classifier(make_settings(cache=False, breaker_threshold=1000), LABELS, budget),
             FixedClassifier(),
         ]
-    )
-    results = router.classify_many(
-        [f"abstract number {i}" for i in range(40)], concurrency=concurrency
-    )
+    ) as router:
+        results = router.classify_many(
+            [f"abstract number {i}" for i in range(40)], concurrency=concurrency
+        )
     assert server.count - before <= k
     assert budget.requests == server.count - before
     assert len(results) == 40
@@ -264,3 +267,30 @@ def test_key_is_absent_from_every_file_and_message_of_a_faulty_run(
         if path.is_file():
             assert TEST_KEY.encode() not in path.read_bytes()
     assert os.environ.get("OPENROUTER_API_KEY") is None
+
+
+def test_a_dropped_llm_client_closes_its_connection_pool(make_settings, server):
+    """Garbage collection finalises a dropped client's pooled sockets in no set order; each
+    one still open warns (an error in CI). The classifier closes its pool when it is
+    collected, so a router dropped without ``close()`` leaks nothing."""
+    server.default = lambda body: Reply.answer("cs.CV")
+    llm = LLMClassifier(make_settings(cache=False), LABELS, load_prompt("classify/v1"))
+    assert llm.classify("abstract number 1").label == "cs.CV"
+    pool = llm._http()  # held here, so only the classifier's own finaliser can close it
+    del llm
+    gc.collect()
+    assert pool.is_closed()
+
+
+def test_a_closed_llm_client_reopens_and_still_closes_when_dropped(make_settings, server):
+    server.default = lambda body: Reply.answer("cs.CV")
+    llm = LLMClassifier(make_settings(cache=False), LABELS, load_prompt("classify/v1"))
+    first = llm._http()
+    llm.close()
+    assert first.is_closed()
+    assert llm.classify("abstract number 2").label == "cs.CV"
+    second = llm._http()
+    assert second is not first and not second.is_closed()
+    del llm
+    gc.collect()
+    assert second.is_closed()
