@@ -17,6 +17,7 @@ refuses anything the manifest does not list; models saved before the frozen path
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -31,9 +32,13 @@ import numpy as np
 
 from fallback_models.artifacts import staged_directory, verify_artifacts, write_manifest
 from fallback_models.encoder import (
+    ONNX_FILE,
     EmbeddingCache,
     Encoder,
+    OnnxEncoder,
+    Pooled,
     length_batches,
+    onnx_runtime,
     pick_device,
     require_torch,
 )
@@ -108,10 +113,13 @@ class Head:
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         a = self.arrays
-        x = (vectors - a["mean"]) / a["scale"]
-        hidden = x @ a["w1"] + a["b1"]
-        hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))  # GELU, as trained
-        result: np.ndarray = hidden @ a["w2"] + a["b2"]
+        # One BLAS thread: the products are small, and BLAS threads left spinning after them
+        # slow the encoder's next call (one text: 72 ms instead of 54, BENCHMARKS.md).
+        with _blas().limit(limits=1, user_api="blas"):
+            x = (vectors - a["mean"]) / a["scale"]
+            hidden = x @ a["w1"] + a["b1"]
+            hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))  # GELU, as trained
+            result: np.ndarray = hidden @ a["w2"] + a["b2"]
         return result
 
     def log_proba(self, vectors: np.ndarray) -> np.ndarray:
@@ -165,6 +173,13 @@ class Head:
         )
 
 
+@functools.cache
+def _blas() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
@@ -183,7 +198,7 @@ class BertClassifier:
         config: BertConfig,
         device: str,
         *,
-        encoder: Encoder | None = None,
+        encoder: Pooled | None = None,
         head: Head | None = None,
         model: Any = None,
         tokenizer: Any = None,
@@ -223,7 +238,11 @@ class BertClassifier:
         if config.resolved_mode(device) == "finetune":
             model = cls._finetune(texts, y, labels, config, device, progress)
         else:
-            encoder = Encoder(Path(config.base_model), max_length=config.max_length, device=device)
+            encoder = Encoder(
+                Path(config.base_model),
+                max_length=config.max_length,
+                device=device,
+            ).for_inference()
             vectors = embed_cached(encoder, texts, cache_dir, "training rows")
             if progress is not None:
                 progress(f"training the head on {len(texts):,} vectors")
@@ -399,8 +418,18 @@ class BertClassifier:
                 a device torch cannot use.
         """
         manifest = verify_artifacts(directory, "bert")
-        require_torch()
-        device = pick_device(device)
+        # A frozen encoder with its ONNX graph runs on a CPU without torch.
+        onnx = (
+            (directory / HEAD_FILE).is_file()
+            and (directory / ONNX_FILE).is_file()
+            and device in (None, "cpu")
+            and onnx_runtime() is not None
+        )
+        if onnx:
+            device = "cpu"
+        else:
+            require_torch()
+            device = pick_device(device)
         try:
             labels = LabelSet.from_dict(manifest["label_set"])
             saved = json.loads((directory / "bert_config.json").read_text())
@@ -409,7 +438,19 @@ class BertClassifier:
                 with np.load(directory / HEAD_FILE, allow_pickle=False) as data:
                     arrays = {k: data[k] for k in data.files if k != "temperature"}
                     temperature = float(data["temperature"])
-                encoder = Encoder(directory, max_length=config.max_length, device=device)
+                encoder: Pooled
+                if onnx:
+                    encoder = OnnxEncoder(
+                        directory,
+                        directory / ONNX_FILE,
+                        max_length=config.max_length,
+                    )
+                else:
+                    encoder = Encoder(
+                        directory,
+                        max_length=config.max_length,
+                        device=str(device),
+                    )
                 model = cls(labels, config, device, encoder=encoder, head=Head(arrays, temperature))
             else:  # a fine-tuned checkpoint (also every model saved before the frozen path)
                 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -434,7 +475,7 @@ class BertClassifier:
 
 
 def embed_cached(
-    encoder: Encoder, texts: Sequence[str], cache_dir: Path | None, what: str
+    encoder: Pooled, texts: Sequence[str], cache_dir: Path | None, what: str
 ) -> np.ndarray:
     """Vectors of ``texts`` through the disk cache (when given), with a progress bar."""
     from tqdm.auto import tqdm

@@ -245,6 +245,7 @@ def train_bert(
         calibration_rows=len(cal_idx),
         device=device,
         mode=mode,
+        runtime=model.encoder.runtime if model.encoder is not None else "torch",
     )
     extra: dict[str, Any] = {}
     if tfidf is not None:

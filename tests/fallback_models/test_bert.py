@@ -215,6 +215,71 @@ def test_frozen_encoder_with_a_head_trains_saves_and_loads(tiny_base, tmp_path):
     assert np.allclose(model.predict_proba(probe), again.predict_proba(probe), atol=1e-5)
 
 
+def test_the_onnx_encoder_gives_the_torch_vectors(tiny_base):
+    from fallback_models.encoder import Encoder, OnnxEncoder
+
+    pytest.importorskip("onnxruntime")
+    texts = [*TEXTS.values(), "graph", "quantum " * 40]  # one truncated at max_length
+    reference = Encoder(tiny_base, max_length=16)
+    fast = reference.for_inference()
+    assert isinstance(fast, OnnxEncoder) and fast.dim == reference.dim == 32
+    assert fast.fingerprint() == reference.fingerprint()
+    assert np.allclose(fast.embed(texts, batch_size=3), reference.embed(texts), atol=1e-4)
+
+
+def test_a_frozen_model_answers_without_importing_torch(tiny_base, tmp_path):
+    """Saved with its ONNX graph, a frozen model loads and answers in a process where torch
+    cannot be imported, and gives the probabilities it gave in training."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    labels = LabelSet(tuple(sorted(TEXTS)))
+    config = BertConfig(base_model=str(tiny_base), mode="frozen", max_length=32, head_epochs=60)
+    model = BertClassifier.train(
+        [TEXTS[label] for label in labels.labels] * 8, list(labels.labels) * 8, labels, config
+    )
+    model.save(tmp_path / "bert", metrics={"note": "tiny"})
+    assert (tmp_path / "bert" / "encoder.onnx").is_file()
+    probe = list(TEXTS.values())
+    child = (
+        "import json, sys\n"
+        "sys.modules['torch'] = None  # any import of torch raises ImportError\n"
+        "from pathlib import Path\n"
+        "from fallback_models.bert import BertClassifier\n"
+        "model = BertClassifier.load(Path(sys.argv[1]))\n"
+        "print(json.dumps(model.predict_proba(json.loads(sys.argv[2])).tolist()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "bert"), json.dumps(probe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert np.allclose(json.loads(done.stdout), model.predict_proba(probe), atol=1e-4)
+
+
+def test_a_frozen_model_saved_without_an_onnx_graph_still_loads(tiny_base, tmp_path):
+    """A frozen model saved before the ONNX runtime (no graph) runs in torch, as before."""
+    from fallback_models.artifacts import MANIFEST, write_manifest
+
+    labels = LabelSet(tuple(sorted(TEXTS)))
+    config = BertConfig(base_model=str(tiny_base), mode="frozen", max_length=32, head_epochs=60)
+    model = BertClassifier.train(
+        [TEXTS[label] for label in labels.labels] * 8, list(labels.labels) * 8, labels, config
+    )
+    old = tmp_path / "bert"
+    model.save(old, metrics={"note": "old"})
+    (old / "encoder.onnx").unlink(missing_ok=True)
+    (old / MANIFEST).unlink()
+    write_manifest(old, "bert", labels, metrics={"note": "old"})
+    loaded = BertClassifier.load(old, device="cpu")
+    assert loaded.encoder is not None and loaded.encoder.runtime == "torch"
+    probe = list(TEXTS.values())
+    assert np.allclose(loaded.predict_proba(probe), model.predict_proba(probe), atol=1e-4)
+
+
 def test_a_model_saved_before_the_frozen_path_still_loads(trained, tmp_path):
     """A fine-tuned checkpoint whose bert_config.json has the old fields (no mode, no
     temperature) loads, and answers as it did."""
