@@ -6,13 +6,14 @@ Two ways to train it, chosen from the device (``BertConfig.mode="auto"``):
   mean-pooled), and only a small network on its vectors is trained. Embedding is the cost, so
   the vectors of training rows are cached on disk (:class:`~fallback_models.encoder.
   EmbeddingCache`); the head trains in seconds. Stored as the encoder's safetensors and
-  tokenizer files plus ``head.npz``.
+  tokenizer files, its ONNX graph (when ``onnxruntime`` is installed, which then runs it:
+  :class:`~fallback_models.encoder.OnnxEncoder`, no torch import) plus ``head.npz``.
 - **finetune** (a GPU): the whole encoder and a linear head are trained end to end, in bf16.
   Stored as a transformers sequence-classification checkpoint (safetensors).
 
 Either way the probabilities carry a temperature fitted on held-out training rows. Loading
 refuses anything the manifest does not list; models saved before the frozen path existed
-(fine-tuned checkpoints) still load.
+(fine-tuned checkpoints), and frozen ones saved without an ONNX graph (torch), still load.
 """
 
 from __future__ import annotations
@@ -411,7 +412,8 @@ class BertClassifier:
 
     @classmethod
     def load(cls, directory: Path, device: str | None = None) -> BertClassifier:
-        """Verify the directory against its manifest, then load safetensors weights only.
+        """Verify the directory against its manifest, then load safetensors weights (or, for a
+        frozen model on a CPU with ``onnxruntime``, the ONNX graph) only.
 
         Raises:
             ModelNotAvailable: artifacts missing or tampered, torch/transformers missing, or
