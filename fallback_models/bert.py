@@ -115,8 +115,9 @@ class Head:
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         a = self.arrays
         # One BLAS thread: the products are small, and BLAS threads left spinning after them
-        # slow the encoder's next call (one text: 72 ms instead of 54, BENCHMARKS.md).
-        with _blas().limit(limits=1, user_api="blas"):
+        # slowed the encoder's next call by 40-50 ms (BENCHMARKS.md). The limit is process-wide,
+        # so calls take turns: each restores the setting it found, never another's.
+        with _BLAS_TURN, _blas().limit(limits=1, user_api="blas"):
             x = (vectors - a["mean"]) / a["scale"]
             hidden = x @ a["w1"] + a["b1"]
             hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))  # GELU, as trained
@@ -172,6 +173,9 @@ class Head:
                 "b2": second.bias.detach().numpy().copy(),
             }
         )
+
+
+_BLAS_TURN = threading.Lock()
 
 
 @functools.cache

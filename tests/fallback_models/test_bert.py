@@ -459,3 +459,33 @@ def test_a_cuda_device_without_cuda_skips_bert_with_its_reason(small_root):
     bert = router.classifiers[1]
     with pytest.raises(ModelNotAvailable, match="sees no CUDA device"):
         bert.get()
+
+
+def test_concurrent_heads_leave_the_blas_threads_as_they_were():
+    """The head limits BLAS to one thread while it computes; that limit is process-wide, so
+    concurrent calls must never leave it behind (one thread for everything after)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    from fallback_models.bert import Head
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "mean": np.zeros(16, np.float32),
+        "scale": np.ones(16, np.float32),
+        "w1": rng.normal(size=(16, 32)).astype(np.float32),
+        "b1": np.zeros(32, np.float32),
+        "w2": rng.normal(size=(32, 4)).astype(np.float32),
+        "b2": np.zeros(4, np.float32),
+    }
+    head, vectors = Head(arrays), rng.normal(size=(8, 16)).astype(np.float32)
+    head.logits(vectors)  # loads every BLAS the head uses
+    before = blas_threads()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = list(pool.map(lambda _: head.logits(vectors), range(200)))
+    assert blas_threads() == before
+    assert all(np.allclose(out, outputs[0]) for out in outputs)
