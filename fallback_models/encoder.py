@@ -1,17 +1,16 @@
 """The sentence encoder behind the BERT fallback on a CPU, and a disk cache of its vectors.
 
 :class:`Encoder` turns texts into mean-pooled token states of a BERT-family checkpoint (the
-way sentence-transformers pools MiniLM), in batches
-sorted by length so padding stays small. :class:`OnnxEncoder` computes the same vectors from
-the graph :meth:`Encoder.export_onnx` writes, through ONNX Runtime: on a CPU, training, the
-router, the service and the corpus job all embed through it when ``onnxruntime`` is
-installed, and through torch otherwise.
+way sentence-transformers pools MiniLM), in batches sorted by length so padding stays small.
+:class:`OnnxEncoder` computes the same vectors from the graph :meth:`Encoder.export_onnx`
+writes, through ONNX Runtime: on a CPU, training, the router, the service and the corpus job
+all embed through it when ``onnxruntime`` is installed, and through torch otherwise.
 
 :class:`EmbeddingCache` keeps the vectors of training texts on disk, keyed by the encoder's
-fingerprint (its weights and ``max_length``) and each text's sha256: a second
-training run with other head settings embeds nothing again, and a changed text or encoder
-misses. Vectors are stored as float16 ``.npz`` parts (no pickle), written as they are
-embedded, so an interrupted run keeps what it had done.
+fingerprint (its weights and ``max_length``) and each text's sha256: a second training run
+with other head settings embeds nothing again, and a changed text or encoder misses. Vectors
+are stored as float16 ``.npz`` parts (no pickle), written as they are embedded, so an
+interrupted run keeps what it had done.
 """
 
 from __future__ import annotations
@@ -133,7 +132,7 @@ def pooled_module(model: Any) -> Any:
     both compute the same vectors."""
     torch = require_torch()
 
-    class Pooled(torch.nn.Module):  # type: ignore[misc, name-defined]
+    class MeanPooled(torch.nn.Module):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -145,7 +144,7 @@ def pooled_module(model: Any) -> Any:
             mask = attention_mask.unsqueeze(-1).to(states.dtype)
             return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    return Pooled().eval()
+    return MeanPooled().eval()
 
 
 class Pooled:
