@@ -18,12 +18,14 @@ vectorised chunks. ``--engine ray`` runs the same job on Ray Data (:mod:`.ray_en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import (
@@ -325,9 +327,9 @@ def _run_chunked(
         for chunk in chunks:
             queued.append((chunk, pool.submit(_classify_in_worker, chunk)))
             while len(queued) > 2 * workers or (queued and queued[0][1].done()):
-                _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
+                _write_first(queued, sink, tally, bar)
         while queued:
-            _write_rows(queued.pop(0)[1].result(), sink, tally, bar)
+            _write_first(queued, sink, tally, bar)
         finished = True
     except KeyboardInterrupt:
         # Chunks the workers have finished are written; the rest are asked again next run.
@@ -373,17 +375,56 @@ def _classify_in_worker(chunk: list[Item]) -> list[dict[str, Any]]:
     return [output_row(i.id, r) for i, r in zip(chunk, results, strict=True)]
 
 
+@contextlib.contextmanager
+def _whole() -> Iterator[None]:
+    """Ctrl-C waits for the end of the block: rows are written and counted together, or
+    neither, so the summary counts exactly the rows OUTPUT holds.
+
+    Python raises :class:`KeyboardInterrupt` between any two bytecodes; without this, one
+    landing between a chunk's count and its write left the summary counting rows that were
+    never written. The handler in force (Python's own, or the caller's) still runs, once the
+    block is done; off the main thread, where no signal handler runs, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, or the default action: nothing to defer
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        previous(*caught[0])
+
+
+def _write_first(
+    queued: list[tuple[list[Item], Future[list[Any]]]], sink: Sink, tally: Tally, bar: Any
+) -> None:
+    """Wait for the oldest chunk in the workers, then write it and take it off the queue."""
+    rows = queued[0][1].result()  # Ctrl-C while waiting: the chunk stays queued
+    with _whole():
+        _write_rows(rows, sink, tally, bar)
+        queued.pop(0)
+
+
 def _write_rows(rows: list[dict[str, Any]], sink: Sink, tally: Tally, bar: Any) -> None:
-    for row in rows:
-        tally.add_row(row)
-    sink.write(rows)
+    with _whole():
+        sink.write(rows)
+        for row in rows:
+            tally.add_row(row)
     _tick(bar, len(rows))
 
 
 def _write_chunk(chunk: list[Item], results: list[Any], sink: Sink, tally: Tally, bar: Any) -> None:
-    for result in results:
-        tally.add(result)
-    sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
+    with _whole():
+        sink.write([output_row(i.id, r) for i, r in zip(chunk, results, strict=True)])
+        for result in results:
+            tally.add(result)
     _tick(bar, len(chunk))
 
 
@@ -410,17 +451,18 @@ def _run_streaming(
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="corpus")
     inflight: dict[Future[Classification | Exception], Item] = {}
 
+    def write(finished: list[Future[Classification | Exception]]) -> None:
+        with _whole():  # written, counted and taken out of flight together
+            results = [(inflight.pop(future), future.result()) for future in finished]
+            sink.write([output_row(item.id, result) for item, result in results])
+            for _item, result in results:
+                tally.add(result)
+        _tick(bar, len(finished))
+
     def drain(block_until: int) -> None:
         while len(inflight) > block_until:
             finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            rows = []
-            for future in finished:
-                item = inflight.pop(future)
-                result = future.result()
-                tally.add(result)
-                rows.append(output_row(item.id, result))
-            sink.write(rows)
-            _tick(bar, len(rows))
+            write(list(finished))
 
     try:
         for item in items:
@@ -430,13 +472,7 @@ def _run_streaming(
     except KeyboardInterrupt:
         # Rows already answered are written; rows in flight are left (a re-run asks again,
         # or finds them in the cache), so the job stops at once.
-        done = [f for f in inflight if f.done() and not f.cancelled()]
-        rows = []
-        for future in done:
-            item = inflight.pop(future)
-            tally.add(future.result())
-            rows.append(output_row(item.id, future.result()))
-        sink.write(rows)
+        write([f for f in inflight if f.done() and not f.cancelled()])
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

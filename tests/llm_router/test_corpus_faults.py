@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
+from llm_router.corpus.job import _write_first
+from llm_router.corpus.sink import COLUMNS, Sink
+from llm_router.corpus.tally import Tally
 from llm_router.testing import ChatServer, Reply
 from tests.conftest import TEST_KEY, default_sigint
 
@@ -177,3 +181,38 @@ def test_ctrl_c_with_worker_processes_keeps_every_written_row_and_a_rerun_comple
     rerun = classify(source, out, local)
     assert rerun.returncode == 0
     assert sorted(r["id"] for r in rows_in(out)) == sorted(r["id"] for r in rows)
+
+
+class _InterruptedWhileCounting(Tally):
+    """Counts rows, and receives a real Ctrl-C (SIGINT to this process) at the first."""
+
+    def add_row(self, row, requests=0):
+        if self.summary.classified == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        super().add_row(row, requests)
+
+
+def _answered(n: int) -> list[dict]:
+    return [
+        {**dict.fromkeys(COLUMNS), "id": f"r{i}", "label": "cs.CL", "source": "tfidf"}
+        for i in range(n)
+    ]
+
+
+def test_ctrl_c_while_a_chunk_is_counted_leaves_it_written_and_counted_together(tmp_path):
+    # Ctrl-C can land between any two bytecodes: here, between the first row's count and the
+    # rest. The chunk is written and counted whole, then the interrupt goes on.
+    out = tmp_path / "out.jsonl"
+    sink, tally = Sink(out), _InterruptedWhileCounting()
+    queued = [([], _done_future(_answered(5))), ([], _done_future(_answered(3)))]
+    with pytest.raises(KeyboardInterrupt):
+        _write_first(queued, sink, tally, None)
+    sink.close()
+    assert tally.finish().classified == len(rows_in(out)) == 5
+    assert len(queued) == 1  # the written chunk left the queue; the next one is still there
+
+
+def _done_future(value):
+    future = Future()
+    future.set_result(value)
+    return future
