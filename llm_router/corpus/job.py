@@ -314,13 +314,7 @@ def _run_chunked(
             results = router.get().classify_batch([i.text for i in chunk])
             _write_chunk(chunk, results, sink, tally, bar)
         return
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(router.settings,),
-    )
+    pool = _WorkerPool(workers, router.settings)
     queued: list[tuple[list[Item], Future[list[Any]]]] = []
     finished = False
     try:
@@ -350,11 +344,52 @@ IN_PROCESS_CHUNKS = 4  # answered before worker processes are worth starting
 _worker_router: Router | None = None
 
 
+class _WorkerPool(ProcessPoolExecutor):
+    """The job's worker processes, which Ctrl-C never reaches: the job handles it (it writes
+    what the workers finished, then stops them).
+
+    A worker ignores SIGINT once started (:func:`_start_worker`), but it takes a second or more
+    to get there (a fresh interpreter importing the models). A Ctrl-C in that window, sent to
+    the whole process group as a terminal does, killed it with a traceback. So processes are
+    started (at a submit) with SIGINT blocked: the mask is inherited, the signal waits in the
+    new process, and it is discarded when the worker sets it to be ignored.
+    """
+
+    def __init__(self, workers: int, settings: Settings) -> None:
+        super().__init__(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(settings,),
+        )
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with _sigint_blocked():
+            return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block (and in any process it starts); a
+    Ctrl-C meanwhile is delivered when the block ends."""
+    if threading.current_thread() is not threading.main_thread() or os.name != "posix":
+        yield  # signals are handled by the main thread only (and masks are POSIX's)
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _start_worker(settings: Settings) -> None:
     """A worker process: one Router (local models only, no LLM key) and one BLAS thread."""
     global _worker_router
-    # Ctrl-C is the job's to handle: it writes what the workers finished, then stops them.
+    # Ctrl-C is the job's to handle: ignored here, then unblocked (it was blocked at start,
+    # so one sent meanwhile has waited, and is discarded now).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.name == "posix":
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # The job's own process has said why the LLM is skipped; its workers need not repeat it.
     logging.getLogger("llm_router").setLevel(logging.ERROR)
     _worker_router = Router.from_settings(settings)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from llm_router.corpus.job import _write_first
+from llm_router.corpus.job import _classify_in_worker, _WorkerPool, _write_first
+from llm_router.corpus.rows import Item
 from llm_router.corpus.sink import COLUMNS, Sink
 from llm_router.corpus.tally import Tally
+from llm_router.settings import Settings
 from llm_router.testing import ChatServer, Reply
 from tests.conftest import TEST_KEY, default_sigint
 
@@ -216,3 +218,20 @@ def _done_future(value):
     future = Future()
     future.set_result(value)
     return future
+
+
+def test_a_ctrl_c_while_a_worker_starts_does_not_reach_it(trained_models, tmp_path, sample_rows):
+    # Ctrl-C goes to the whole process group, workers included. One arriving while a worker
+    # is still starting (a fresh interpreter, long before it ignores SIGINT) killed it.
+    settings = Settings(model_dir=trained_models, api_key=None, cache_dir=tmp_path / "c")
+    pool = _WorkerPool(1, settings)
+    try:
+        chunk = [Item(r["id"], r["abstract"]) for r in sample_rows[:3]]
+        future = pool.submit(_classify_in_worker, chunk)
+        for process in list(pool._processes.values()):  # just started: still booting
+            os.kill(process.pid, signal.SIGINT)
+        rows = future.result(timeout=300)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert [r["id"] for r in rows] == [r["id"] for r in sample_rows[:3]]
+    assert all(r["label"] and not r["error"] for r in rows)
