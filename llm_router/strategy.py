@@ -90,7 +90,9 @@ class StrategyClassifier:
         return None
 
     def classify(self, text: str) -> Classification:
-        profile = self._profile(self._local_model()) if self.calibration is not None else None
+        profile = None  # none to look for (nor to warn of) when the LLM cannot be asked
+        if self.calibration is not None and self.unavailable is None:
+            profile = self._profile(self._local_model())
         proposal = None
         if self.strategy != "llm" or profile is not None:
             proposal = self.propose(text)

@@ -223,6 +223,15 @@ def test_without_a_profile_the_llm_wins_with_the_default_confidence(
     assert result.followed is None and result.llm_answer.label == "hep-ph"
 
 
+def test_without_a_key_no_profile_is_looked_for_or_warned_of(make_settings, tmp_path, caplog):
+    # The LLM is skipped (no key): the local model answers, and "no calibration profile"
+    # would only be noise.
+    caplog.set_level(logging.INFO, logger="llm_router")
+    result = voter_router(make_settings(api_key=None), tmp_path).classify(TEXT)
+    assert (result.label, result.fallback_reason) == ("hep-th", "no_api_key")
+    assert not any("calibration profile" in r.getMessage() for r in caplog.records)
+
+
 def test_with_a_profile_a_weak_llm_is_combined_not_obeyed(make_settings, server, tmp_path):
     write_profile(tmp_path, profile(bonus=0.5))
     server.script(Reply.answer("hep-ph"))
